@@ -1,0 +1,1 @@
+"""Calibration of learnable pruning schedules for ``svlm fit`` (installed as ``svlm.calibrate``)."""

@@ -1,0 +1,98 @@
+"""What the engine needs to know about one model family, and nothing more.
+
+An adapter never copies modeling code: it points at transformers' own modules (the decoder layers, the
+attention projections) and answers family-specific questions (which input ids are visual, how the visual
+tokens of one image are laid out on a grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shape facts of the language model that strategies and FLOPs accounting use."""
+
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Adapter:
+    """Base adapter for ``*ForConditionalGeneration`` models with ``model.model.language_model.layers``."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.text_config = model.config.get_text_config(decoder=True)
+
+    # -- structure -------------------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    def info(self) -> ModelInfo:
+        tc = self.text_config
+        num_heads = tc.num_attention_heads
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // num_heads
+        return ModelInfo(
+            family=self.family,
+            num_layers=tc.num_hidden_layers,
+            hidden_size=tc.hidden_size,
+            num_heads=num_heads,
+            num_kv_heads=getattr(tc, "num_key_value_heads", None) or num_heads,
+            head_dim=head_dim,
+            intermediate_size=tc.intermediate_size,
+            vocab_size=tc.vocab_size,
+        )
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation or "eager"
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def visual_token_ids(self) -> list[int]:
+        ids = [self.config.image_token_id]
+        video = getattr(self.config, "video_token_id", None)
+        if video is not None:
+            ids.append(video)
+        return ids
+
+    def visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask [batch, seq] of positions that hold visual tokens."""
+        ids = torch.tensor(self.visual_token_ids(), device=input_ids.device)
+        return torch.isin(input_ids, ids)
+
+    def apply_rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding as applied by the family's attention (``x``: [b, heads, n, d]; cos/sin: [b, n, d])."""
+        return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+    # -- geometry (for overlays and spatial strategies) -------------------------------------------
+    def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
+        """(rows, cols) of each image's visual tokens of one sample, in sequence order."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its visual-token grid.")

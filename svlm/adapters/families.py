@@ -1,0 +1,80 @@
+"""Adapters for the supported model families."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from svlm.adapters.base import Adapter
+
+
+class LlavaAdapter(Adapter):
+    """LLaVA-1.5 (``LlavaForConditionalGeneration``): one square grid of patches per image."""
+
+    family = "llava"
+    model_types = ("llava",)
+
+    def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
+        n = int(self.visual_mask(inputs["input_ids"][sample : sample + 1]).sum())
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"Expected a square grid of visual tokens, got {n} tokens.")
+        return [(side, side)]
+
+
+class LlavaNextAdapter(Adapter):
+    """LLaVA-NeXT: base image plus anyres crops with newline tokens; grid geometry is not a plain square."""
+
+    family = "llava_next"
+    model_types = ("llava_next",)
+
+    def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
+        vc = self.config.vision_config
+        side = vc.image_size // vc.patch_size
+        return [(side, side)]
+
+
+class Qwen2VLAdapter(Adapter):
+    """Qwen2-VL: dynamic resolution, 2x2 patch merge, M-RoPE positions (handled by transformers)."""
+
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+
+    def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
+        grid_thw = inputs.get("image_grid_thw")
+        if grid_thw is None:
+            raise ValueError("image_grid_thw is needed to lay out Qwen2-VL visual tokens.")
+        merge = self.config.vision_config.spatial_merge_size
+        counts = self.visual_mask(inputs["input_ids"]).sum(-1).tolist()
+        # images are consumed in order across the batch
+        start = sum(_images_for(counts[:sample], grid_thw, merge))
+        grids, seen, i = [], 0, start
+        while seen < counts[sample] and i < len(grid_thw):
+            t, h, w = (int(v) for v in grid_thw[i])
+            grids.append((h // merge, w // merge))
+            seen += t * (h // merge) * (w // merge)
+            i += 1
+        return grids
+
+
+def _images_for(counts: list[int], grid_thw: torch.Tensor, merge: int) -> list[int]:
+    """Number of images used by each earlier sample (matching token counts to grid sizes in order)."""
+    used, i = [], 0
+    for count in counts:
+        seen, n = 0, 0
+        while seen < count and i < len(grid_thw):
+            t, h, w = (int(v) for v in grid_thw[i])
+            seen += t * (h // merge) * (w // merge)
+            i += 1
+            n += 1
+        used.append(n)
+    return used
+
+
+class Qwen25VLAdapter(Qwen2VLAdapter):
+    """Qwen2.5-VL: like Qwen2-VL on the language side (windowed attention lives in the vision tower)."""
+
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)

@@ -1,0 +1,60 @@
+"""Attention probabilities of a few query rows against all keys of a layer, from its own q and k.
+
+This is what makes scoring work under SDPA and FlashAttention: those kernels never return attention
+weights, and materialising an n x n matrix defeats the point of pruning. The strategy asks for r rows
+(raters, the last token, ...) and gets a [b, heads, r, n] tensor: O(r * n) memory, O(r * n * d) compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from svlm.engine.sequence import gather_rows
+
+RotaryFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rows_from_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a bool [b, n] row mask into (slot index [b, r], valid [b, r]), r = most rows of any sample."""
+    r = int(mask.sum(-1).max()) if mask.numel() else 0
+    order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[:, :r]
+    return order, torch.gather(mask, 1, order)
+
+
+def attention_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    rows: torch.Tensor,
+    rows_valid: torch.Tensor,
+    key_valid: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    scaling: float,
+    rotary: RotaryFn,
+) -> torch.Tensor:
+    """Softmax attention probabilities [b, heads, r, n] (float32) of the given rows.
+
+    ``q`` [b, n, heads * d] and ``k`` [b, n, kv_heads * d] are the layer's projections before rotary
+    embedding (as its ``q_proj``/``k_proj`` produced them); ``cos``/``sin`` [b, n, d] are the tables the layer
+    used. Keys are masked causally in slot order and where ``key_valid`` is False. Rows that are not valid
+    come back as zeros.
+    """
+    b, n, _ = k.shape
+    q_rows = gather_rows(q, rows).view(b, -1, num_heads, head_dim).transpose(1, 2).float()
+    q_rows = rotary(q_rows, gather_rows(cos, rows).float(), gather_rows(sin, rows).float())
+    keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
+    keys = rotary(keys, cos.float(), sin.float())
+    group = num_heads // num_kv_heads
+    q_grouped = q_rows.reshape(b, num_kv_heads, group * q_rows.shape[2], head_dim)
+    logits = torch.matmul(q_grouped, keys.transpose(-1, -2)).reshape(b, num_heads, -1, n) * scaling
+    slots = torch.arange(n, device=k.device)
+    allowed = (slots.view(1, 1, n) <= rows.unsqueeze(-1)) & key_valid.unsqueeze(1)  # [b, r, n]
+    logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0) * rows_valid.view(b, 1, -1, 1)

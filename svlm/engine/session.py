@@ -1,0 +1,295 @@
+"""Runs a strategy inside transformers' own decoder loop through module hooks.
+
+A :class:`PruningSession` is attached for the duration of one wrapper call (a forward or a whole
+``generate``) and removes every hook when it exits, so the model is left exactly as it was. Hooks:
+
+* a pre-hook on the top-level model notes the call's ``input_ids``/``attention_mask`` and whether this
+  forward is a prefill (empty cache) or a decoding step;
+* a pre-hook on each decoder layer swaps in the layer's pruned view of the sequence (rotary tables of the
+  kept tokens' original positions, the mask of its slots);
+* a hook on each pruning layer's output asks the strategy what to keep and gathers the kept rows;
+* hooks on the pruning layers' ``q_proj``/``k_proj`` keep references to their outputs so that the strategy
+  can get attention rows without the layer ever materialising an attention matrix.
+
+Each layer's KV cache then holds exactly the slots that layer saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from svlm.adapters.base import Adapter
+from svlm.engine.cache import PrunedCache
+from svlm.engine.masks import decode_mask, mask_format, prefill_mask
+from svlm.engine.scoring import attention_rows, rows_from_mask
+from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather
+from svlm.report import LayerDecision, Report
+from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
+
+
+class InputError(ValueError):
+    """Inputs that the engine cannot prune (no input ids, unsupported mask format, ...)."""
+
+
+class PruningSession:
+    """Hooks one strategy into one model for the duration of a ``with`` block."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter, strategy: Strategy, *, seed: int | None = None) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.strategy = strategy
+        self.info = adapter.info()
+        self.fmt = mask_format(adapter.attn_implementation)
+        self.seed = seed
+        self.handles: list[RemovableHandle] = []
+        self.reports: list[Report] = []
+        self._reset()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.prefill = False
+        self.call_inputs: dict[str, Any] = {}
+        self.ctx: PrefillContext | None = None
+        self.prune_at: list[int] = []
+        self.layer_seqs: list[TokenSequence | None] = [None] * self.info.num_layers
+        self.current: TokenSequence | None = None
+        self.original: TokenSequence | None = None
+        self.captured: dict[int, dict[str, torch.Tensor]] = {}
+        self.decisions: list[LayerDecision] = []
+        self.step_masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.decode_steps = 0
+
+    def __enter__(self) -> PruningSession:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        if self.handles:
+            return
+        model = self.model
+        self.handles.append(model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+        self.handles.append(model.register_forward_hook(self._on_model_end, with_kwargs=True))
+        for idx, layer in enumerate(self.adapter.decoder_layers):
+            self.handles.append(layer.register_forward_pre_hook(self._layer_pre_hook(idx), with_kwargs=True))
+            self.handles.append(layer.register_forward_hook(self._layer_post_hook(idx)))
+            attn = self.adapter.attention(layer)
+            self.handles.append(attn.q_proj.register_forward_hook(self._capture_hook(idx, "q")))
+            self.handles.append(attn.k_proj.register_forward_hook(self._capture_hook(idx, "k")))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    # -- top-level model -----------------------------------------------------------------------------
+    def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = kwargs.get("past_key_values")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if cache is not None and cache.get_seq_length() > 0:
+            self.prefill = False
+            self.decode_steps += 1
+            self.step_masks.clear()
+            return
+        self._reset()
+        self.prefill = True
+        if input_ids is None:
+            raise InputError("svlm needs `input_ids` to locate the visual tokens; got only `inputs_embeds`.")
+        self.call_inputs = dict(kwargs)
+        self.call_inputs["input_ids"] = input_ids
+
+    def _on_model_end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self.prefill or self.ctx is None:
+            if not self.prefill and self.reports:
+                self.reports[-1].decode_steps = self.decode_steps
+            return
+        original = self.original
+        for idx in range(self.info.num_layers):
+            if self.layer_seqs[idx] is None:
+                self.layer_seqs[idx] = self.current
+        cache = getattr(output, "past_key_values", None)
+        if isinstance(cache, PrunedCache):
+            cache.set_pruned([original.length - seq.length for seq in self.layer_seqs])
+        self.reports.append(
+            Report(
+                info=self.info,
+                config=self.model.config,
+                layer_sequences=self.layer_seqs,
+                prompt_valid=original.valid,
+                decisions=self.decisions,
+                strategy=repr(self.strategy),
+                input_ids=self.ctx.input_ids,
+            )
+        )
+        self.prefill = False
+
+    # -- decoder layers ------------------------------------------------------------------------------
+    def _layer_pre_hook(self, idx: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            if self.prefill:
+                if idx == 0:
+                    args, kwargs = self._start_prefill(args, kwargs)
+                self.layer_seqs[idx] = self.current
+                if self.current is not None and self.current is not self.original:
+                    return self._with_sequence(args, kwargs, self.current)
+                return args, kwargs
+            seq = self.layer_seqs[idx]
+            if seq is None or seq is self.original or not self.reports:
+                return None
+            return self._with_decode_mask(idx, seq, args, kwargs)
+
+        return hook
+
+    def _layer_post_hook(self, idx: int):
+        def hook(module: nn.Module, args: tuple, output: Any):
+            if not self.prefill or idx not in self.prune_at:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            new_hidden = self._prune(idx, hidden, self.layer_seqs[idx])
+            self.captured.pop(idx, None)
+            return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+
+        return hook
+
+    def _capture_hook(self, idx: int, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if self.prefill and idx in self.prune_at:
+                self.captured.setdefault(idx, {})[name] = output
+
+        return hook
+
+    # -- prefill ---------------------------------------------------------------------------------------
+    def _start_prefill(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        input_ids = self.call_inputs["input_ids"]
+        b, n, _ = hidden.shape
+        if input_ids.shape != (b, n):
+            raise InputError(
+                f"input_ids of shape {tuple(input_ids.shape)} do not match the language model input {(b, n)}."
+            )
+        attention_mask = self.call_inputs.get("attention_mask")
+        if attention_mask is None:
+            valid = torch.ones(b, n, dtype=torch.bool, device=hidden.device)
+        elif isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            valid = attention_mask.to(device=hidden.device, dtype=torch.bool)
+        else:
+            raise InputError("svlm expects a 2-D padding attention_mask [batch, seq] (or none).")
+        visual = self.adapter.visual_mask(input_ids.to(hidden.device)) & valid
+        cos, sin = kwargs["position_embeddings"]
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=hidden.device).manual_seed(self.seed)
+        self.ctx = PrefillContext(
+            info=self.info,
+            input_ids=input_ids,
+            inputs_embeds=hidden,
+            visual=visual,
+            valid=valid,
+            inputs=self.call_inputs,
+            generator=generator,
+        )
+        self.strategy.prepare(self.ctx)
+        self.prune_at = self._validated_layers(self.strategy.prune_layers(self.ctx))
+        self.original = TokenSequence(
+            origin=torch.arange(n, device=hidden.device).expand(b, n),
+            visual=visual,
+            valid=valid,
+            cos=cos.expand(b, -1, -1),
+            sin=sin.expand(b, -1, -1),
+        )
+        self.current = self.original
+        if -1 in self.prune_at:
+            new_hidden = self._prune(-1, hidden, self.original)
+            args = (new_hidden, *args[1:]) if args else args
+            if not args:
+                kwargs = {**kwargs, "hidden_states": new_hidden}
+        return args, kwargs
+
+    def _validated_layers(self, layers: Any) -> list[int]:
+        layers = sorted({int(x) for x in layers})
+        last = self.info.num_layers - 2
+        bad = [x for x in layers if x < -1 or x > last]
+        if bad:
+            raise ValueError(
+                f"Pruning layers {bad} are outside this {self.info.num_layers}-layer model; valid pruning "
+                f"layers are -1 (before the language model) to {last}."
+            )
+        return layers
+
+    def _prune(self, idx: int, hidden: torch.Tensor, seq: TokenSequence) -> torch.Tensor:
+        view = LayerView(layer=idx, hidden=hidden, visual=seq.visual, valid=seq.valid, origin=seq.origin)
+        rows = self.strategy.attention_rows(self.ctx, view) if idx >= 0 else None
+        if rows is not None:
+            view.rows, view.rows_valid = rows_from_mask(rows & seq.valid)
+            view.attention = self._attention(idx, seq, view.rows, view.rows_valid)
+        selection = self.strategy.select(self.ctx, view)
+        if not isinstance(selection, Selection):
+            raise TypeError(f"{type(self.strategy).__name__}.select must return a Selection.")
+        keep = (selection.keep | ~seq.visual) & seq.valid
+        index, valid = plan_gather(seq, keep, selection.merged_valid if selection.merged is not None else None)
+        new_seq, new_hidden = apply_plan(seq, hidden, index, valid, selection.merged, selection.merged_anchor)
+        merged = 0 if selection.merged_valid is None else selection.merged_valid.sum(-1)
+        self.decisions.append(
+            LayerDecision(
+                layer=idx,
+                visual_before=seq.visual_counts(),
+                visual_after=new_seq.visual_counts(),
+                merged=merged if isinstance(merged, torch.Tensor) else torch.zeros_like(seq.visual_counts()),
+                info=dict(selection.info),
+                scoring_rows=0 if view.rows is None else int(view.rows_valid.sum()),
+                scoring_keys=seq.length,
+            )
+        )
+        self.current = new_seq
+        return new_hidden
+
+    def _attention(self, idx: int, seq: TokenSequence, rows: torch.Tensor, rows_valid: torch.Tensor) -> torch.Tensor:
+        captured = self.captured.get(idx, {})
+        if "q" not in captured or "k" not in captured:
+            raise RuntimeError(f"Layer {idx}: q/k projections were not captured; is the adapter right?")
+        attn = self.adapter.attention(self.adapter.decoder_layers[idx])
+        return attention_rows(
+            captured["q"],
+            captured["k"],
+            rows,
+            rows_valid,
+            seq.valid,
+            seq.cos,
+            seq.sin,
+            num_heads=self.info.num_heads,
+            num_kv_heads=self.info.num_kv_heads,
+            head_dim=self.info.head_dim,
+            scaling=float(getattr(attn, "scaling", self.info.head_dim**-0.5)),
+            rotary=self.adapter.apply_rotary,
+        )
+
+    def _with_sequence(self, args: tuple, kwargs: dict, seq: TokenSequence) -> tuple[tuple, dict]:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.fmt not in seq.masks:
+            seq.masks[self.fmt] = prefill_mask(seq.valid, self.fmt, hidden.dtype)
+        kwargs = dict(kwargs)
+        kwargs["position_embeddings"] = (seq.cos, seq.sin)
+        kwargs["attention_mask"] = seq.masks[self.fmt]
+        kwargs["position_ids"] = None
+        return args, kwargs
+
+    # -- decoding --------------------------------------------------------------------------------------
+    def _with_decode_mask(self, idx: int, seq: TokenSequence, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            raise InputError("Decoding after pruning needs the KV cache of the prefill (use_cache=True).")
+        past = cache.layers[idx].get_seq_length()
+        key = (id(seq), past, hidden.shape[1])
+        if key not in self.step_masks:
+            self.step_masks[key] = decode_mask(seq.valid, past, hidden.shape[1], self.fmt, hidden.dtype)
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = self.step_masks[key]
+        kwargs["position_ids"] = None
+        return args, kwargs

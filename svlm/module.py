@@ -1,0 +1,481 @@
+"""The LightningModule that evaluates a list of pruning strategies on one model over the same batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from svlm.models import load_vlm, resolve_device
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StrategyPoint", "VLMEvaluator", "expand_points"]
+
+
+@dataclass
+class StrategyPoint:
+    """One point of a trade-off curve: a strategy and its budget.
+
+    Attributes:
+        strategy: Registered strategy name (see ``svlm strategies``) or the import path of a Strategy class.
+        budget: Target mean number of visual tokens entering each decoder layer; a list expands into one point
+            per value. Unset for ``dense``.
+        label: Name of the point in tables, logs and plots (default ``<strategy>-<budget>``).
+        init_args: Further keyword arguments of the strategy (its paper's own hyper-parameters).
+    """
+
+    strategy: str = "dense"
+    budget: float | list[float] | None = None
+    label: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_point(spec: str | StrategyPoint | Mapping[str, Any]) -> StrategyPoint:
+    if isinstance(spec, StrategyPoint):
+        return spec
+    if isinstance(spec, str):
+        return StrategyPoint(strategy=spec)
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        for alias in ("name", "class_path"):
+            if alias in spec:
+                spec["strategy"] = spec.pop(alias)
+        init_args = {**spec.pop("init_args", {}), **spec.pop("kwargs", {})}
+        unknown = set(spec) - {"strategy", "budget", "label"}
+        if unknown:
+            raise ValueError(
+                f"Unknown keys {sorted(unknown)} in strategy point {spec}; "
+                "valid keys: strategy (or name/class_path), budget, label, init_args."
+            )
+        return StrategyPoint(init_args=init_args, **spec)
+    raise TypeError(f"A strategy point must be a name, a dict or a StrategyPoint, got {type(spec).__name__}.")
+
+
+def _label(strategy: str, budget: float | None) -> str:
+    name = strategy.rpartition(".")[2] if "." in strategy else strategy
+    return name if budget is None else f"{name}-{budget:g}"
+
+
+def expand_points(specs: Sequence[str | StrategyPoint | Mapping[str, Any]]) -> list[StrategyPoint]:
+    """Normalise strategy specs into one :class:`StrategyPoint` per budget, with unique labels."""
+    points: list[StrategyPoint] = []
+    for spec in specs:
+        point = _as_point(spec)
+        budgets = point.budget if isinstance(point.budget, (list, tuple)) else [point.budget]
+        if not budgets:
+            raise ValueError(f"Strategy point {point.strategy!r} has an empty budget list.")
+        for budget in budgets:
+            label = point.label or _label(point.strategy, budget)
+            if point.label and len(budgets) > 1:
+                label = f"{point.label}-{budget:g}"
+            points.append(StrategyPoint(point.strategy, budget, label, dict(point.init_args)))
+    seen: dict[str, int] = {}
+    for p in points:
+        seen[p.label] = seen.get(p.label, 0) + 1
+    duplicates = sorted(k for k, v in seen.items() if v > 1)
+    if duplicates:
+        raise ValueError(f"Duplicate strategy point labels {duplicates}; give the points distinct `label`s.")
+    return points
+
+
+def build_point_strategy(point: StrategyPoint) -> Any:
+    """Build the :class:`svlm.Strategy` of a point; bad names or arguments raise ``ValueError``."""
+    import svlm
+
+    kwargs = dict(point.init_args)
+    if point.budget is not None:
+        kwargs["budget"] = point.budget
+    try:
+        return svlm.build_strategy(point.strategy, **kwargs)
+    except TypeError as err:  # unexpected keyword: a user error, not a bug
+        raise ValueError(f"Bad arguments {kwargs} for strategy {point.strategy!r}: {err}") from err
+
+
+class PointStats(Metric):
+    """Cost statistics of one strategy point, summed over batches (and processes, under DDP)."""
+
+    full_state_update = False
+    KEYS = (
+        "samples",
+        "batches",
+        "timed_batches",
+        "budget",
+        "budget_output",
+        "visual_tokens",
+        "kv_cache_bytes",
+        "prefill_flops",
+        "dense_prefill_flops",
+        "prefill_latency",
+        "generate_latency",
+        "new_tokens",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        for key in self.KEYS:
+            self.add_state(key, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, **values: float) -> None:  # type: ignore[override]
+        for key, value in values.items():
+            state = getattr(self, key)
+            state += float(value)
+
+    def compute(self) -> dict[str, float]:
+        return {key: float(getattr(self, key)) for key in self.KEYS}
+
+
+def _metric_values(value: Any, default_name: str) -> dict[str, float]:
+    """Flatten a torchmetrics ``compute()`` result (tensor or dict) into ``{name: float}``."""
+    if isinstance(value, Mapping):
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            out.update(_metric_values(v, str(k)))
+        return out
+    if isinstance(value, torch.Tensor):
+        return {default_name: float(value.float().mean())} if value.numel() else {}
+    if isinstance(value, (int, float)):
+        return {default_name: float(value)}
+    return {}
+
+
+def _safe_div(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+class VLMEvaluator(pl.LightningModule):
+    """Evaluates one vision-language model under a list of token-pruning strategies on the same batches.
+
+    For every batch and every strategy point: ``svlm.sparsify`` the model, greedy ``generate`` a batch of
+    answers, score them with the benchmark's metric, and record the cost from ``last_report`` (visual tokens,
+    budget counted on layer inputs and outputs, prefill FLOPs) and wall-clock latency (prefill and whole
+    generate). At the end of ``test`` the results are in :attr:`points`, one dict per strategy point.
+
+    Args:
+        model: Hugging Face id, local folder, or ``tiny:<family>`` (offline random model; see ``svlm.models``).
+        strategies: Strategy points: names (``dense``), or dicts with ``strategy`` (name or class path),
+            ``budget`` (number or list of numbers), ``label`` and ``init_args``.
+        dtype: Weights dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16``, ``float32``.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        max_new_tokens: Greedy decoding length limit.
+        seed: Seed set before each point's generate (per batch), so random strategies are reproducible.
+        benchmark: Benchmark name for the metric; by default taken from the datamodule or the batch metadata.
+        latency_warmup: Run one untimed generate before the first timed batch (CUDA kernels, allocator).
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny:llava",
+        strategies: list[str | StrategyPoint] | None = None,
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        max_new_tokens: int = 16,
+        seed: int = 0,
+        benchmark: str | None = None,
+        latency_warmup: bool = True,
+    ) -> None:
+        super().__init__()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.save_hyperparameters()
+        self.model_name = model
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.benchmark = benchmark
+        self.latency_warmup = latency_warmup
+        self.point_configs = expand_points(strategies if strategies is not None else ["dense"])
+        self.strategy_objects = [build_point_strategy(p) for p in self.point_configs]
+        self.vlm: nn.Module | None = None
+        self.processor: Any = None
+        self.family: str | None = None
+        self.point_metrics = nn.ModuleList()  # built at the first batch, once the benchmark is known
+        self.point_stats = nn.ModuleList(PointStats() for _ in self.point_configs)
+        self.points: list[dict[str, Any]] = []
+        self._warm = False
+
+    # -- model -----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load the VLM (once) directly on the device the trainer runs on."""
+        if self.vlm is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else resolve_device("auto")
+        vlm, processor, family = load_vlm(self.model_name, self.dtype_name, device, self.attn_implementation)
+        for p in vlm.parameters():
+            p.requires_grad_(False)
+        self.vlm, self.processor, self.family = vlm, processor, family
+
+    def _ensure_model(self) -> nn.Module:
+        if self.vlm is None:
+            self.configure_model()
+        return self.vlm
+
+    # -- inputs ----------------------------------------------------------------------------------
+    @staticmethod
+    def conversations(batch: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        """Chat conversations of a batch: given directly, or built from one image + question per sample."""
+        if batch.get("conversations") is not None:
+            return list(batch["conversations"])
+        if batch.get("questions") is None:
+            raise KeyError(f"A batch needs 'conversations' or 'questions'; it has keys {sorted(batch)}.")
+        return [
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+            for q in batch["questions"]
+        ]
+
+    def tokenize(self, batch: Mapping[str, Any]) -> Any:
+        """Chat template + processor (left padding) -> model inputs on this module's device."""
+        self._ensure_model()
+        prompts = [
+            self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+            for conv in self.conversations(batch)
+        ]
+        inputs = self.processor(images=list(batch["images"]), text=prompts, padding=True, return_tensors="pt")
+        device = next(self.vlm.parameters()).device
+        return inputs.to(device)
+
+    # -- generation ------------------------------------------------------------------------------
+    def _sync(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    @contextmanager
+    def _prefill_timer(self, device: torch.device):
+        """Time the first forward of the model during ``generate`` (the prefill) with hooks on the model."""
+        timing: dict[str, float] = {}
+
+        def pre(module, args, kwargs):
+            if "start" not in timing:
+                self._sync(device)
+                timing["start"] = time.perf_counter()
+
+        def post(module, args, kwargs, output):
+            if "prefill" not in timing:
+                self._sync(device)
+                timing["prefill"] = time.perf_counter() - timing["start"]
+
+        handles = [
+            self.vlm.register_forward_pre_hook(pre, with_kwargs=True),
+            self.vlm.register_forward_hook(post, with_kwargs=True),
+        ]
+        try:
+            yield timing
+        finally:
+            for h in handles:
+                h.remove()
+
+    def generate(self, index: int, inputs: Mapping[str, Any], seed: int | None = None) -> tuple[Any, Any, dict]:
+        """Sparsify with point ``index``, greedy-generate; returns (new token ids, report, timing)."""
+        import svlm
+
+        model = self._ensure_model()
+        device = next(model.parameters()).device
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if seed is not None:
+            torch.manual_seed(seed)
+        sparse = svlm.sparsify(model, self.strategy_objects[index], seed=seed)
+        try:
+            with self._prefill_timer(device) as timing:
+                self._sync(device)
+                start = time.perf_counter()
+                ids = sparse.generate(
+                    **inputs,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                self._sync(device)
+                timing["generate"] = time.perf_counter() - start
+            report = sparse.last_report
+        finally:
+            sparse.detach()
+        new_ids = ids[:, inputs["input_ids"].shape[1] :]
+        return new_ids, report, timing
+
+    def decode(self, new_ids: torch.Tensor) -> list[str]:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return [t.strip() for t in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
+
+    def _run_points(self, batch: Mapping[str, Any], batch_idx: int) -> tuple[Any, dict, dict, dict]:
+        inputs = self.tokenize(batch)
+        if self.latency_warmup and not self._warm:
+            self.generate(0, inputs, seed=self.seed)
+            self._warm = True
+        answers, reports, timings = {}, {}, {}
+        for i, point in enumerate(self.point_configs):
+            new_ids, report, timing = self.generate(i, inputs, seed=self.seed + batch_idx)
+            answers[point.label] = self.decode(new_ids)
+            reports[point.label] = report
+            timing.pop("start", None)
+            timings[point.label] = {**timing, "new_tokens": int((new_ids != self._pad_id()).sum())}
+        return inputs, answers, reports, timings
+
+    def _pad_id(self) -> int:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return -1 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _benchmark_name(self, batch: Mapping[str, Any]) -> str:
+        if self.benchmark:
+            return self.benchmark
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        name = getattr(datamodule, "benchmark", None)
+        if not name:
+            meta = batch.get("metadata") or [{}]
+            name = meta[0].get("benchmark") if isinstance(meta[0], Mapping) else None
+        if not name:
+            raise ValueError(
+                "Cannot tell the benchmark: set `model.benchmark`, use a datamodule with a `benchmark` "
+                "attribute, or put 'benchmark' in the batch metadata."
+            )
+        self.benchmark = str(name)
+        return self.benchmark
+
+    def _metrics(self, batch: Mapping[str, Any]) -> nn.ModuleList:
+        if len(self.point_metrics) == 0:
+            from svlm.metrics import metric_for
+
+            benchmark = self._benchmark_name(batch)
+            device = next(self._ensure_model().parameters()).device
+            for _ in self.point_configs:
+                self.point_metrics.append(metric_for(benchmark).to(device))
+        return self.point_metrics
+
+    def _update(self, i: int, batch: Mapping[str, Any], answers: list[str], report: Any, timing: dict) -> None:
+        self._metrics(batch)[i].update(answers, list(batch["answers"]))
+        n = len(answers)
+        visual = [float(v[0]) if len(v) else 0.0 for v in report.visual_tokens]
+        timed = "prefill" in timing
+        self.point_stats[i].update(
+            samples=n,
+            batches=1,
+            timed_batches=float(timed),
+            budget=report.budget * n,
+            budget_output=report.budget_output * n,
+            visual_tokens=sum(visual),
+            kv_cache_bytes=float(getattr(report, "kv_cache_bytes", 0.0) or 0.0),
+            prefill_flops=report.prefill_flops,
+            dense_prefill_flops=report.dense_prefill_flops,
+            prefill_latency=timing.get("prefill", 0.0),
+            generate_latency=timing["generate"] if timed else 0.0,
+            new_tokens=timing.get("new_tokens", 0),
+        )
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        for m in [*self.point_metrics, *self.point_stats]:
+            m.reset()
+        self.points = []
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        inputs, answers, reports, timings = self._run_points(batch, batch_idx)
+        for i, point in enumerate(self.point_configs):
+            self._update(i, batch, answers[point.label], reports[point.label], timings[point.label])
+        keep = ("input_ids", "attention_mask", "image_grid_thw", "image_sizes")
+        return {
+            "answers": answers,
+            "reports": reports,
+            "inputs": {k: inputs[k].detach().cpu() for k in keep if k in inputs},
+        }
+
+    def on_test_epoch_end(self) -> None:
+        self.points = self.compute_points()
+        scalars = {}
+        for p in self.points:
+            for key, value in p.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    scalars[f"{p['label']}/{key}"] = float(value)
+        if scalars:
+            self.log_dict(scalars, sync_dist=False, rank_zero_only=True)
+        for p in self.points:
+            log.info(
+                "%-20s budget %7.1f (out %7.1f)  %.3f TFLOPs (%.0f%%)  %s=%.4f",
+                p["label"],
+                p["budget"],
+                p["budget_output"],
+                p["prefill_tflops"],
+                100 * p["flops_ratio"],
+                p.get("main_metric"),
+                p.get("accuracy", math.nan),
+            )
+
+    def compute_points(self) -> list[dict[str, Any]]:
+        """One summary dict per strategy point from the accumulated metrics and statistics."""
+        points: list[dict[str, Any]] = []
+        for i, cfg in enumerate(self.point_configs):
+            s = self.point_stats[i].compute()
+            n = s["samples"]
+            metric = self.point_metrics[i] if i < len(self.point_metrics) else None
+            values = _metric_values(metric.compute(), self._main_name(metric)) if metric is not None and n else {}
+            main = self._main_name(metric) if metric is not None else None
+            if main not in values and values:
+                main = next(iter(values))
+            point: dict[str, Any] = {
+                "label": cfg.label,
+                "strategy": cfg.strategy,
+                "budget_target": cfg.budget,
+                "budget": _safe_div(s["budget"], n),
+                "budget_output": _safe_div(s["budget_output"], n),
+                "visual_tokens": _safe_div(s["visual_tokens"], n),
+                "prefill_flops": _safe_div(s["prefill_flops"], n),
+                "dense_prefill_flops": _safe_div(s["dense_prefill_flops"], n),
+                "prefill_tflops": _safe_div(s["prefill_flops"], n) / 1e12,
+                "flops_ratio": _safe_div(s["prefill_flops"], s["dense_prefill_flops"]),
+                "kv_cache_bytes": _safe_div(s["kv_cache_bytes"], s["batches"]),
+                "main_metric": main,
+                "accuracy": values.get(main, math.nan) if main else math.nan,
+                "higher_is_better": bool(getattr(metric, "higher_is_better", True) is not False),
+                "prefill_latency_s": _safe_div(s["prefill_latency"], s["timed_batches"]),
+                "generate_latency_s": _safe_div(s["generate_latency"], s["batches"]),
+                "new_tokens_per_sample": _safe_div(s["new_tokens"], n),
+                "samples": int(n),
+                "batches": int(s["batches"]),
+                "model": self.model_name,
+                "benchmark": self.benchmark,
+                "init_args": dict(cfg.init_args),
+            }
+            point.update({f"metric/{k}": v for k, v in values.items()})
+            points.append(point)
+        dense = next((p for p in points if p["strategy"] == "dense"), None)
+        for p in points:
+            p["relative_accuracy"] = _safe_div(p["accuracy"], dense["accuracy"]) if dense else math.nan
+            for key in [k for k in p if k.startswith("metric/")]:
+                if dense and key in dense:
+                    p["relative/" + key.removeprefix("metric/")] = _safe_div(p[key], dense[key])
+        return points
+
+    def _main_name(self, metric: Any) -> str:
+        if metric is None:
+            return "score"
+        return str(getattr(metric, "main_metric", None) or getattr(metric, "name", None) or "score")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Each point's answers (lists aligned with the batch) with its report summary and latency."""
+        _, answers, reports, timings = self._run_points(batch, batch_idx)
+        return {
+            "questions": batch.get("questions"),
+            "references": batch.get("answers"),
+            "metadata": batch.get("metadata"),
+            "answers": answers,
+            "reports": {label: _report_dict(rep) for label, rep in reports.items()},
+            "latency": timings,
+        }
+
+    def point_dicts(self) -> list[dict[str, Any]]:
+        """The strategy point configs as plain dicts (for saving next to results)."""
+        return [asdict(p) for p in self.point_configs]
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    return report.to_dict() if hasattr(report, "to_dict") else {"budget": getattr(report, "budget", None)}

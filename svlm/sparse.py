@@ -1,0 +1,108 @@
+"""``svlm.sparsify``: a pruned view of a transformers VLM with the model's own call and ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from svlm.adapters import Adapter, adapter_for
+from svlm.engine.cache import PrunedCache
+from svlm.engine.session import PruningSession
+from svlm.report import Report
+from svlm.strategies import Strategy, build_strategy
+
+
+class SparseModel:
+    """Runs ``model`` with ``strategy`` pruning its visual tokens.
+
+    Hooks are attached only while a call runs, so ``model`` itself stays untouched and can be used densely
+    (or wrapped with another strategy) at any time.
+    """
+
+    def __init__(self, model: nn.Module, strategy: Strategy, *, seed: int | None = None) -> None:
+        self.model = model
+        self.strategy = strategy
+        self.adapter: Adapter = adapter_for(model)
+        self.seed = seed
+        self.last_report: Report | None = None
+        self.reports: list[Report] = []
+        self._session = PruningSession(model, self.adapter, strategy, seed=seed)  # validates the attention impl
+
+    # -- calls -----------------------------------------------------------------------------------------
+    def __call__(self, **inputs: Any) -> Any:
+        inputs = self._with_cache(inputs)
+        with self._attached() as session:
+            out = self.model(**inputs)
+        report = self._collect(session)
+        if report is not None and getattr(out, "logits", None) is not None:
+            out.logits = self._scatter_logits(out.logits, session, int(inputs["input_ids"].shape[1]))
+        return out
+
+    forward = __call__
+
+    @torch.no_grad()
+    def generate(self, **inputs: Any) -> torch.Tensor:
+        """Like ``model.generate``: greedy or sampling, batched, ``max_new_tokens``, ``eos_token_id``."""
+        if int(inputs.get("num_beams", 1) or 1) > 1:
+            raise ValueError("svlm's pruned generation does not support beam search (num_beams > 1) yet.")
+        inputs = self._with_cache(inputs, required=True)
+        with self._attached() as session:
+            out = self.model.generate(**inputs)
+        self._collect(session)
+        return out
+
+    def detach(self) -> nn.Module:
+        """Return the wrapped model (nothing stays attached between calls)."""
+        self._session.detach()
+        return self.model
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _attached(self) -> PruningSession:
+        self._session.reports = []
+        return self._session
+
+    def _collect(self, session: PruningSession) -> Report | None:
+        if session.reports:
+            self.last_report = session.reports[-1]
+            self.reports = list(session.reports)
+            return self.last_report
+        return None
+
+    def _with_cache(self, inputs: dict[str, Any], required: bool = False) -> dict[str, Any]:
+        if "input_ids" not in inputs:
+            raise ValueError("svlm needs `input_ids` (the visual tokens are located by their placeholder ids).")
+        cache = inputs.get("past_key_values")
+        if cache is None and (required or inputs.get("use_cache", True) is not False):
+            inputs = {**inputs, "past_key_values": PrunedCache(config=self.model.config)}
+        elif cache is not None and not isinstance(cache, PrunedCache):
+            raise ValueError(
+                "Pass no past_key_values (svlm creates a PrunedCache) or an svlm.PrunedCache; got "
+                f"{type(cache).__name__}, which cannot track pruned prompt lengths."
+            )
+        return inputs
+
+    def _scatter_logits(self, logits: torch.Tensor, session: PruningSession, length: int) -> torch.Tensor:
+        """Put the logits of surviving tokens back at their prompt positions (zeros where pruned)."""
+        seq = session.layer_seqs[-1]
+        if logits.shape[1] != seq.length or seq is session.original:
+            return logits
+        full = logits.new_zeros(logits.shape[0], length, logits.shape[-1])
+        rows = seq.valid & (seq.origin >= 0)
+        b_idx, slot = rows.nonzero(as_tuple=True)
+        full[b_idx, seq.origin[b_idx, slot]] = logits[b_idx, slot]
+        return full
+
+    def __repr__(self) -> str:
+        return f"SparseModel({type(self.model).__name__}, {self.strategy!r})"
+
+
+def sparsify(model: nn.Module, strategy: str | Strategy | dict[str, Any] = "dense", **kwargs: Any) -> SparseModel:
+    """Wrap a transformers VLM so that its calls prune visual tokens with ``strategy``.
+
+    ``strategy`` is a registered name (see :func:`svlm.available_strategies`), a ``package.module.Class``
+    path, a ``{"class_path": ..., "init_args": {...}}`` dict or a :class:`svlm.Strategy` instance; ``kwargs``
+    go to the strategy (``budget=64``, ...).
+    """
+    return SparseModel(model, build_strategy(strategy, **kwargs))

@@ -1,0 +1,27 @@
+"""Pruning strategies. Importing this package registers the built-in ones."""
+
+from svlm.strategies import dense, fastv, random  # noqa: F401  (registration)
+from svlm.strategies.base import (
+    BudgetError,
+    LayerView,
+    PrefillContext,
+    Selection,
+    Strategy,
+    keep_top_visual,
+    schedule_counts,
+)
+from svlm.strategies.registry import available_strategies, build_strategy, register_strategy, strategy_class
+
+__all__ = [
+    "BudgetError",
+    "LayerView",
+    "PrefillContext",
+    "Selection",
+    "Strategy",
+    "available_strategies",
+    "build_strategy",
+    "keep_top_visual",
+    "register_strategy",
+    "schedule_counts",
+    "strategy_class",
+]

@@ -1,0 +1,221 @@
+"""The ``Strategy`` base class: the few hooks a token-pruning method implements.
+
+A strategy never touches the model. The engine calls, for one prefill:
+
+1. :meth:`Strategy.prune_layers` — after which decoder layers tokens are selected (``-1``: before the
+   language model, on the input embeddings);
+2. :meth:`Strategy.prepare` — once, with the input embeddings (SparseVLM picks its raters here);
+3. :meth:`Strategy.attention_rows` — at each pruning layer, which query rows' attention the strategy needs
+   (the engine computes only those rows against all keys, from the layer's own q/k);
+4. :meth:`Strategy.select` — at each pruning layer, which visual tokens to keep, and optionally merged
+   tokens to insert after the kept visual tokens.
+
+Text tokens are always kept; the engine gathers the kept rows and keeps their original positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from svlm.adapters.base import ModelInfo
+
+
+class BudgetError(ValueError):
+    """A budget that the strategy cannot meet (too small, too large, or infeasible for the model depth)."""
+
+
+@dataclass
+class PrefillContext:
+    """What a strategy knows about the current call. ``scratch`` is its per-call storage."""
+
+    info: ModelInfo
+    input_ids: torch.Tensor  # [b, n]
+    inputs_embeds: torch.Tensor  # [b, n, d]
+    visual: torch.Tensor  # [b, n] bool
+    valid: torch.Tensor  # [b, n] bool (False at padding)
+    inputs: dict[str, Any]  # the model inputs of this call (pixel_values, image_grid_thw, ...)
+    generator: torch.Generator | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_visual(self) -> torch.Tensor:
+        """[b] number of visual tokens of each sample in the prompt."""
+        return (self.visual & self.valid).sum(-1)
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class LayerView:
+    """The sequence leaving a pruning layer, as the strategy sees it.
+
+    All tensors are per slot of the current (possibly already pruned, left-padded) sequence.
+    ``attention`` holds softmax probabilities [b, heads, rows, n] of the requested rows only.
+    """
+
+    layer: int
+    hidden: torch.Tensor  # [b, n, d]
+    visual: torch.Tensor  # [b, n] bool
+    valid: torch.Tensor  # [b, n] bool
+    origin: torch.Tensor  # [b, n] index in the prompt (-1 for padding slots and merged tokens)
+    attention: torch.Tensor | None = None  # [b, h, r, n] float32
+    rows: torch.Tensor | None = None  # [b, r] slot index of each attention row
+    rows_valid: torch.Tensor | None = None  # [b, r] bool
+
+    @property
+    def num_visual(self) -> torch.Tensor:
+        return (self.visual & self.valid).sum(-1)
+
+    def visual_scores(self) -> torch.Tensor:
+        """[b, n] mean attention (over heads and valid rows) that each token receives; -inf off visual slots."""
+        if self.attention is None:
+            raise RuntimeError(
+                f"Layer {self.layer}: attention was not computed; return a row mask from attention_rows()."
+            )
+        probs = self.attention.mean(1)  # [b, r, n]
+        weights = self.rows_valid.float().unsqueeze(-1)
+        scores = (probs * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return scores.masked_fill(~(self.visual & self.valid), float("-inf"))
+
+
+@dataclass
+class Selection:
+    """A strategy's decision at one layer.
+
+    ``keep`` [b, n] marks visual slots to keep (text slots are kept regardless). Optional ``merged`` [b, m, d]
+    hidden states are inserted right after the kept visual tokens; each takes the rotary position of the slot
+    ``merged_anchor`` [b, m] points at; ``merged_valid`` [b, m] masks unused merged slots.
+    """
+
+    keep: torch.Tensor
+    merged: torch.Tensor | None = None
+    merged_anchor: torch.Tensor | None = None
+    merged_valid: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class of all pruning strategies. Subclass, implement the hooks, register with a decorator.
+
+    ``budget``: the target mean number of visual tokens entering each decoder layer (e.g. 192/128/64 of
+    576). A value in (0, 1) is read as a fraction of each sample's visual tokens.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, budget: float | None = None) -> None:
+        if budget is not None and not budget > 0:
+            raise BudgetError(f"budget must be > 0 (visual tokens per layer, or a fraction in (0, 1)); got {budget}.")
+        self.budget = budget
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def prune_layers(self, ctx: PrefillContext) -> Sequence[int]:
+        """Decoder layers after which :meth:`select` runs (-1 = before the language model)."""
+        return []
+
+    def prepare(self, ctx: PrefillContext) -> None:
+        """Called once per prefill, before layer 0."""
+
+    def attention_rows(self, ctx: PrefillContext, view: LayerView) -> torch.Tensor | None:
+        """Bool [b, n] of slots whose attention rows :meth:`select` needs at this layer, or None."""
+        return None
+
+    def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
+        """Which visual tokens survive this layer."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses -----------------------------------------------------------------------
+    def target_tokens(self, ctx: PrefillContext) -> torch.Tensor:
+        """[b] float budget in tokens for each sample, validated against its number of visual tokens."""
+        n_visual = ctx.num_visual.float()
+        if self.budget is None:
+            return n_visual
+        if self.budget < 1:
+            return n_visual * self.budget
+        too_big = n_visual < self.budget
+        if bool(too_big.any()):
+            raise BudgetError(
+                f"budget={self.budget:g} is larger than the number of visual tokens "
+                f"({int(n_visual[too_big].min())}) of some samples; use a budget <= "
+                f"{int(n_visual.min())} or a fraction in (0, 1)."
+            )
+        return torch.full_like(n_visual, float(self.budget))
+
+    def extra_repr(self) -> str:
+        return f"budget={self.budget}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def keep_top_visual(view: LayerView, scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Keep mask [b, n]: the ``k[b]`` highest-scoring visual slots of each sample (text is kept anyway).
+
+    ``scores`` [b, n] is ignored off visual slots. Ties break towards earlier slots.
+    """
+    candidates = view.visual & view.valid
+    scores = scores.float().masked_fill(~candidates, float("-inf"))
+    k = torch.minimum(k.long().clamp_min(0), candidates.sum(-1))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < k.unsqueeze(-1)) & candidates
+
+
+def schedule_counts(
+    num_layers: int,
+    prune_layers: Sequence[int],
+    n_visual: torch.Tensor,
+    budget: torch.Tensor,
+    shape: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Visual tokens to keep after each pruning layer so that the mean over layers meets ``budget``.
+
+    Layers ``0..p1`` see all ``n_visual`` tokens (or none of them if ``p1 == -1``); the counts after each
+    pruning layer follow ``shape`` (relative sizes, default all equal) scaled by one factor solved per sample.
+    Returns a LongTensor [b, len(prune_layers)]. Raises :class:`BudgetError` when the budget is below what
+    the first pruning layer allows.
+    """
+    layers = list(prune_layers)
+    if not layers:
+        raise ValueError("schedule_counts needs at least one pruning layer.")
+    if sorted(set(layers)) != layers:
+        raise ValueError(f"Pruning layers must be strictly increasing; got {layers}.")
+    shape_t = torch.tensor(shape if shape is not None else [1.0] * len(layers), dtype=torch.float64)
+    if len(shape_t) != len(layers):
+        raise ValueError(f"shape has {len(shape_t)} entries for {len(layers)} pruning layers.")
+    n = n_visual.double()
+    b = budget.double()
+    bounds = layers[1:] + [num_layers - 1]
+    spans = torch.tensor([hi - lo for lo, hi in zip(layers, bounds, strict=True)], dtype=torch.float64)
+    full = (layers[0] + 1) * n  # tokens seen before the first pruning
+    free = b * num_layers - full
+    if bool((free < spans.sum() - 1e-9).any()):
+        minimum = (full + spans.sum()) / num_layers
+        raise BudgetError(
+            f"budget={float(b.min()):g} cannot be met with pruning after layer {layers[0]} of a "
+            f"{num_layers}-layer model: the first {layers[0] + 1} layers alone average "
+            f"{float(minimum.max()):.1f} visual tokens per layer. Prune earlier (e.g. layer 0 or -1) or "
+            "raise the budget."
+        )
+    counts = torch.zeros(len(n), len(layers), dtype=torch.float64)
+    fixed = torch.zeros(len(n), len(layers), dtype=torch.bool)
+    for _ in range(len(layers) + 1):  # clamp at n_visual and re-solve for the rest
+        rest = free - (counts * spans * fixed).sum(-1)
+        weight = (shape_t * spans * ~fixed).sum(-1).clamp_min(1e-9)
+        scale = rest / weight
+        proposal = scale.unsqueeze(-1) * shape_t
+        counts = torch.where(fixed, counts, proposal)
+        over = (counts > n.unsqueeze(-1)) & ~fixed
+        if not bool(over.any()):
+            break
+        counts = torch.where(over, n.unsqueeze(-1), counts)
+        fixed |= over
+    counts = torch.minimum(counts, n.unsqueeze(-1))
+    return counts.round().clamp_min(1).long()

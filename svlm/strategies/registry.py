@@ -1,0 +1,72 @@
+"""The strategy registry: ``@register_strategy("name")`` and building strategies by name or class path."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from svlm.registry import Registry, _import_path
+from svlm.strategies.base import Strategy
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator that makes a :class:`Strategy` available as ``name`` (duplicates are refused)."""
+
+    def decorator(cls: type[Strategy]) -> type[Strategy]:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"@register_strategy({name!r}) must decorate a subclass of svlm.Strategy.")
+        STRATEGIES.register(name)(cls)
+        cls.name = name
+        return cls
+
+    return decorator
+
+
+def available_strategies() -> list[str]:
+    """Names of all registered strategies."""
+    return STRATEGIES.names()
+
+
+def strategy_class(name_or_path: str) -> type[Strategy]:
+    """The class registered as ``name_or_path``, or imported from a ``package.module.Class`` path."""
+    if name_or_path in STRATEGIES or "." not in name_or_path:
+        return STRATEGIES.get(name_or_path)
+    cls = _import_path(name_or_path)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"{name_or_path!r} is not a subclass of svlm.Strategy.")
+    return cls
+
+
+def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> Strategy:
+    """A strategy from a name, a class path, a ``{"class_path", "init_args"}`` dict, or an instance.
+
+    ``None`` values in ``kwargs`` are dropped so that CLI defaults never override a strategy's own.
+    Unknown keyword arguments get an error listing the strategy's parameters.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if isinstance(strategy, Strategy):
+        if kwargs:
+            raise ValueError(f"Got a Strategy instance and extra arguments {sorted(kwargs)}; pass one or the other.")
+        return strategy
+    if isinstance(strategy, dict):
+        spec = dict(strategy)
+        path = spec.pop("class_path", None) or spec.pop("name", None)
+        if path is None:
+            raise ValueError(f"A strategy config needs 'name' or 'class_path'; got keys {sorted(strategy)}.")
+        init = {**spec.pop("init_args", {}), **{k: v for k, v in spec.items() if k != "label"}}
+        return build_strategy(path, **{**init, **kwargs})
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a name, a class path or a Strategy; got {type(strategy).__name__}.")
+    cls = strategy_class(strategy)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown and not accepts_any:
+        valid = sorted(k for k in params if k != "self")
+        raise ValueError(
+            f"Strategy {strategy!r} got unknown argument(s) {unknown}. Its arguments: {', '.join(valid) or 'none'}."
+        )
+    return cls(**kwargs)
