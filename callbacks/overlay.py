@@ -67,7 +67,7 @@ class KeptTokenOverlay(Callback):
     """Save, for the first ``num_samples`` test samples, the image with the kept visual tokens highlighted.
 
     One PNG per (strategy point, sample) with one panel per pruning layer (layer 0 and each layer where the
-    number of visual tokens changes): kept patches are shown as they are, dropped ones are darkened. Token
+    number of visual tokens changes): kept patches are shown as they are, dropped ones fade to white. Token
     geometry comes from the family adapter (``visual_grids``); families whose tokens are not one plain grid per
     image (LLaVA-NeXT anyres crops) are skipped with a logged reason. Points that prune nothing are skipped.
 
@@ -76,7 +76,7 @@ class KeptTokenOverlay(Callback):
         dirpath: Output folder. Defaults to ``<trainer.default_root_dir>/overlays``.
         labels: Only draw these strategy points (by label); all pruning points when unset.
         max_layers: At most this many panels per figure.
-        alpha: Darkness of dropped patches (0 = invisible, 1 = black).
+        alpha: Opacity of the white veil over dropped patches (0 = invisible, 1 = white).
     """
 
     def __init__(
@@ -189,7 +189,7 @@ class KeptTokenOverlay(Callback):
         fig, axes = plt.subplots(1, len(layers), figsize=(3 * len(layers), 3.3), squeeze=False)
         for ax, layer in zip(axes[0], layers, strict=True):
             kept = maps[layer][1]
-            shade = np.zeros((rows, cols, 4), dtype=float)
+            shade = np.ones((rows, cols, 4), dtype=float)  # dropped patches fade to white
             shade[..., 3] = np.where(kept, 0.0, self.alpha)
             ax.imshow(rgb, extent=(0, cols, rows, 0))
             ax.imshow(shade, extent=(0, cols, rows, 0), interpolation="nearest")

@@ -1,30 +1,30 @@
-"""The ``svlm`` command line: LightningCLI subcommands plus small helpers.
+"""The ``svlm`` command line: LightningCLI subcommands plus two small helpers.
 
-    svlm test --config configs/demo.yaml          # evaluate a list of strategy points, write results/<run>/
-    svlm test --config configs/demo.yaml --model.max_new_tokens 8 --data.limit 16
-    svlm strategies                                # registered strategies with a one-line description
-    svlm bench --model tiny:llava --strategies '[dense, fastv]' --budgets '[128, 64]'
+    svlm test --config configs/demo.yaml          # evaluate a list of strategy points -> results/demo/
+    svlm test --config configs/demo.yaml --data.limit 16 --model.max_new_tokens 8
+    svlm strategies                                # registered strategies, one line each
+    svlm bench --config configs/bench.yaml         # latency + FLOPs of strategies on synthetic inputs
 
-``fit``/``validate``/``test``/``predict`` are Lightning's; ``strategies`` and ``bench`` are handled before
-LightningCLI sees the arguments (as litgpt maps subcommands to functions).
+``fit``/``validate``/``test``/``predict`` are Lightning's; ``strategies`` and ``bench`` are dispatched before
+LightningCLI sees the arguments (litgpt's habit of mapping subcommands to plain functions).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from svlm.module import VLMEvaluator, build_point_strategy, expand_points
 
-__all__ = ["SVLMCLI", "bench", "main", "parse_config", "strategies_table"]
+__all__ = ["SVLMCLI", "bench", "format_points", "main", "parse_config", "strategies_table"]
 
 HELPERS_HELP = (
     "Helpers: `svlm strategies` lists the registered pruning strategies; `svlm bench --help` measures "
@@ -42,9 +42,10 @@ class SVLMCLI(LightningCLI):
     """LightningCLI for :class:`svlm.module.VLMEvaluator` and :class:`svlm.data.VLMDataModule`.
 
     Adds a :class:`svlm.callbacks.TradeoffCurve` under the ``tradeoff`` key (always on: every run writes its
-    trade-off table into ``trainer.default_root_dir``), links the datamodule's benchmark to the model, and
-    validates strategy points at parse time. ``parse_only=True`` parses and validates without building
-    anything (no model download): used by :func:`parse_config`.
+    trade-off table into ``trainer.default_root_dir``), links ``data.benchmark`` to ``model.benchmark``, and
+    builds every strategy point once at parse time so a bad name or argument fails before any model loads.
+    ``parse_only=True`` stops after parsing and validation (no seeding, no instantiation): see
+    :func:`parse_config`.
     """
 
     def __init__(self, *args: Any, parse_only: bool = False, **kwargs: Any) -> None:
@@ -61,12 +62,15 @@ class SVLMCLI(LightningCLI):
         from svlm.callbacks import TradeoffCurve
 
         parser.add_lightning_class_args(TradeoffCurve, "tradeoff")
-        data_params = inspect.signature(self._datamodule_class).parameters
-        if "benchmark" in data_params:
+        if "benchmark" in inspect.signature(self._datamodule_class).parameters:
             parser.link_arguments("data.benchmark", "model.benchmark", apply_on="parse")
 
+    def _set_seed(self) -> None:
+        if not self.parse_only:
+            super()._set_seed()
+
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        config = self.config[self.subcommand] if self.subcommand else self.config
         validate_points(config)
 
     def instantiate_classes(self) -> None:
@@ -84,93 +88,114 @@ class SVLMCLI(LightningCLI):
             print(f"results: {Path(self.trainer.default_root_dir).resolve()}")
 
 
+def _plain(value: Any) -> Any:
+    """jsonargparse Namespaces / dataclasses -> dicts, recursively."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    return value
+
+
 def validate_points(config: Any) -> None:
-    """Build every strategy point of a parsed config once, so a bad name or argument fails at parse time."""
+    """Build every strategy point of a parsed config once: unknown strategies or arguments raise here."""
     model = config.get("model") if hasattr(config, "get") else None
     specs = model.get("strategies") if model is not None else None
-    if specs is None:
-        return
-    specs = [s if isinstance(s, str) else dict(vars(s)) if hasattr(s, "__dict__") else dict(s) for s in specs]
-    for point in expand_points(specs):
+    for point in expand_points([_plain(s) for s in specs or []]):
         build_point_strategy(point)
 
 
-def parse_config(path: str | Path, subcommand: str = "test") -> Any:
-    """Parse a YAML config through the same parser as ``svlm <subcommand> --config path``.
+def _bench_parser() -> Any:
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
-    Nothing is instantiated (no model is loaded); unknown keys, bad types, unknown strategies or strategy
-    arguments raise. Returns the parsed namespace of the subcommand.
+    parser = ArgumentParser(prog="svlm bench", description=inspect.getdoc(bench), exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="Path to a YAML config of these options.")
+    parser.add_function_arguments(bench, as_positional=False)
+    return parser
+
+
+def _is_bench_config(data: Any) -> bool:
+    """A bench config has only `bench()` options at the top (its ``model`` is a string, not a section)."""
+    if not isinstance(data, Mapping) or not data:
+        return False
+    return set(data) <= set(inspect.signature(bench).parameters) and not isinstance(data.get("model"), Mapping)
+
+
+def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
+    """Parse a shipped YAML through the same parser the CLI uses, raising on any error; nothing is loaded.
+
+    ``subcommand`` is ``test`` (default), another LightningCLI subcommand, or ``bench``; when omitted, a config
+    of only ``svlm bench`` options is parsed as ``bench``. Unknown keys, bad types, unknown strategies and bad
+    strategy arguments raise. Returns the parsed namespace.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config {str(path)!r} does not exist.")
-    parser_kwargs = {"exit_on_error": False}
-    parser_kwargs = {**parser_kwargs, subcommand: dict(parser_kwargs)}
+    if subcommand is None:
+        subcommand = "bench" if _is_bench_config(yaml.safe_load(path.read_text())) else "test"
+    if subcommand == "bench":
+        return _bench_parser().parse_args(["--config", str(path)])
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False, subcommand: {"exit_on_error": False}}
     cli = SVLMCLI(args=[subcommand, "--config", str(path)], parse_only=True, parser_kwargs=parser_kwargs)
     return cli.config[subcommand]
 
 
-# -- helpers --------------------------------------------------------------------------------------------
+# -- tables -----------------------------------------------------------------------------------------------
 
 
-def format_points(points: Sequence[dict[str, Any]]) -> str:
-    """A compact plain-text table of strategy points (what a terminal user wants to see first)."""
-    cols = [
-        ("label", "{}"),
-        ("budget", "{:.1f}"),
-        ("budget_output", "{:.1f}"),
-        ("prefill_tflops", "{:.4f}"),
-        ("flops_ratio", "{:.3f}"),
-        ("accuracy", "{:.4f}"),
-        ("relative_accuracy", "{:.3f}"),
-        ("prefill_latency_s", "{:.4f}"),
-        ("generate_latency_s", "{:.4f}"),
-    ]
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table; ``cols`` are (key, header, format). Missing / NaN values print as ``-``."""
 
-    def cell(p: dict, key: str, fmt: str) -> str:
-        v = p.get(key)
+    def cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
+        v = row.get(key)
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             return "-"
         return fmt.format(v)
 
-    head = [c for c, _ in cols]
-    if points and points[0].get("main_metric"):
-        head[head.index("accuracy")] = str(points[0]["main_metric"])
-    rows = [[cell(p, k, f) for k, f in cols] for p in points]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+    head = [h for _, h, _ in cols]
+    body = [[cell(r, k, f) for k, _, f in cols] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(head), *(line(b) for b in body)])
 
 
-def _strategy_doc(name: str) -> str:
-    import svlm
+def format_points(points: Sequence[Mapping[str, Any]]) -> str:
+    """The strategy points of a test run as a compact table (what a terminal user wants to see first)."""
+    main = (points[0].get("main_metric") if points else None) or "accuracy"
+    return _table(
+        points,
+        [
+            ("label", "label", "{}"),
+            ("budget", "budget", "{:.1f}"),
+            ("budget_output", "budget_out", "{:.1f}"),
+            ("prefill_tflops", "TFLOPs", "{:.4f}"),
+            ("flops_ratio", "flops", "{:.3f}"),
+            ("accuracy", main, "{:.4f}"),
+            ("relative_accuracy", "rel", "{:.3f}"),
+            ("prefill_latency_s", "prefill_s", "{:.4f}"),
+            ("generate_latency_s", "generate_s", "{:.4f}"),
+        ],
+    )
 
-    cls = None
-    for getter in ("get_strategy", "strategy_class"):
-        fn = getattr(svlm, getter, None)
-        if callable(fn):
-            try:
-                cls = fn(name)
-                break
-            except Exception:  # noqa: BLE001 - fall back to the registry below
-                cls = None
-    if cls is None:
-        registry = getattr(getattr(svlm, "strategies", None), "STRATEGIES", None) or getattr(
-            getattr(svlm, "strategies", None), "REGISTRY", None
-        )
-        if registry is not None and hasattr(registry, "get"):
-            cls = registry.get(name)
-    doc = inspect.getdoc(cls) if cls is not None else None
-    return doc.strip().splitlines()[0] if doc else ""
+
+# -- svlm strategies --------------------------------------------------------------------------------------
 
 
 def strategies_table() -> str:
     """One line per registered strategy: its name and the first line of its docstring."""
     import svlm
+    from svlm.strategies import strategy_class
 
     names = svlm.available_strategies()
     width = max((len(n) for n in names), default=0)
-    return "\n".join(f"{n.ljust(width)}  {_strategy_doc(n)}".rstrip() for n in names)
+    lines = []
+    for name in names:
+        doc = inspect.getdoc(strategy_class(name)) or ""
+        lines.append(f"{name.ljust(width)}  {doc.strip().splitlines()[0] if doc.strip() else ''}".rstrip())
+    return "\n".join(lines)
 
 
 def _cmd_strategies(args: Sequence[str]) -> int:
@@ -182,6 +207,9 @@ def _cmd_strategies(args: Sequence[str]) -> int:
         return 2
     print(strategies_table())
     return 0
+
+
+# -- svlm bench -------------------------------------------------------------------------------------------
 
 
 def bench(
@@ -200,115 +228,111 @@ def bench(
 ) -> list[dict[str, Any]]:
     """Measure prefill and generate latency, measured budget and FLOPs of strategies on synthetic inputs.
 
-    Every strategy other than ``dense`` is run at every budget; each point is timed ``repeats`` times after a
-    warm-up generate, and the median is reported together with the speed-up over dense.
+    The unwrapped Hugging Face model (row ``hf``) is the reference for the speed-ups; ``dense`` is svlm's
+    no-pruning run (its gap to ``hf`` is the wrapper's overhead). Every other strategy runs at every budget.
+    Each row is timed ``repeats`` times after one warm-up generate; medians are reported.
 
     Args:
         model: Hugging Face id, local folder, or ``tiny:<family>``.
         strategies: Strategy names or class paths (default: dense and every registered strategy).
-        budgets: Target mean visual tokens per layer for the pruning strategies.
+        budgets: Target mean visual tokens per layer of the pruning strategies (default 192, 128, 64).
         batch_size: Images per generate call.
         image_size: Side of the synthetic square images in pixels.
         question: Prompt text for every sample.
         max_new_tokens: Greedy decoding length per call.
-        repeats: Timed runs per point (median reported).
+        repeats: Timed runs per row (median reported).
         dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        output: Optional JSON file for the results (written atomically).
+        output: Optional JSON file for the rows (written atomically).
     """
     import svlm
-    from svlm.models import resolve_device
+    from svlm.models import load_vlm, resolve_device
     from svlm.results import atomic_write_json
     from svlm.testing import random_image
 
     if repeats < 1 or batch_size < 1:
         raise ValueError(f"repeats and batch_size must be >= 1, got {repeats} and {batch_size}")
-    names = strategies or ["dense", *[n for n in svlm.available_strategies() if n != "dense"]]
-    budgets = budgets or [192, 128, 64]
-    specs: list[Any] = [
-        n if n == "dense" else {"strategy": n, "budget": list(budgets)} for n in dict.fromkeys(names)
-    ]
+    names = list(dict.fromkeys(strategies or ["dense", *svlm.available_strategies()]))
+    budgets = list(budgets or [192, 128, 64])
     evaluator = VLMEvaluator(
         model=model,
-        strategies=specs,
+        strategies=[n if n == "dense" else {"strategy": n, "budget": budgets} for n in names],
         dtype=dtype,
         attn_implementation=attn_implementation,
         max_new_tokens=max_new_tokens,
         latency_warmup=False,
     )
-    evaluator.vlm, evaluator.processor, evaluator.family = _load(evaluator, resolve_device(device))
+    evaluator.vlm, evaluator.processor, evaluator.family = load_vlm(
+        model, dtype, resolve_device(device), attn_implementation
+    )
     batch = {
         "images": [random_image(seed=i, size=(image_size, image_size)) for i in range(batch_size)],
         "questions": [question] * batch_size,
     }
     inputs = evaluator.tokenize(batch)
     rows = []
-    for i, point in enumerate(evaluator.point_configs):
-        evaluator.generate(i, inputs, seed=0)  # warm-up
+    for index, point in [(None, None), *enumerate(evaluator.point_configs)]:
+        evaluator.generate(index, inputs, seed=0)  # warm-up
         prefill, total = [], []
         for r in range(repeats):
-            _, report, timing = evaluator.generate(i, inputs, seed=r)
+            _, report, timing = evaluator.generate(index, inputs, seed=r)
             prefill.append(timing.get("prefill", math.nan))
             total.append(timing["generate"])
-        rows.append(
-            {
-                "label": point.label,
-                "strategy": point.strategy,
-                "budget_target": point.budget,
-                "budget": report.budget,
-                "budget_output": report.budget_output,
-                "prefill_tflops": report.prefill_flops / batch_size / 1e12,
-                "flops_ratio": report.prefill_flops / report.dense_prefill_flops,
-                "prefill_latency_s": statistics.median(prefill),
-                "generate_latency_s": statistics.median(total),
-            }
+        row: dict[str, Any] = {
+            "label": point.label if point else "hf",
+            "strategy": point.strategy if point else "hf",
+            "budget_target": point.budget if point else None,
+            "prefill_latency_s": statistics.median(prefill),
+            "generate_latency_s": statistics.median(total),
+        }
+        if report is not None:
+            row.update(
+                budget=report.budget,
+                budget_output=report.budget_output,
+                prefill_tflops=report.prefill_flops / batch_size / 1e12,
+                flops_ratio=report.prefill_flops / report.dense_prefill_flops,
+            )
+        rows.append(row)
+    for row in rows:
+        row["prefill_speedup"] = rows[0]["prefill_latency_s"] / row["prefill_latency_s"]
+        row["generate_speedup"] = rows[0]["generate_latency_s"] / row["generate_latency_s"]
+    device_name = next(evaluator.vlm.parameters()).device
+    print(f"svlm bench: {model} ({evaluator.family}) on {device_name}, batch {batch_size}, {max_new_tokens} new tokens")
+    print(
+        _table(
+            rows,
+            [
+                ("label", "label", "{}"),
+                ("budget", "budget", "{:.1f}"),
+                ("budget_output", "budget_out", "{:.1f}"),
+                ("prefill_tflops", "TFLOPs/img", "{:.4f}"),
+                ("flops_ratio", "flops", "{:.3f}"),
+                ("prefill_latency_s", "prefill_s", "{:.4f}"),
+                ("generate_latency_s", "generate_s", "{:.4f}"),
+                ("prefill_speedup", "prefill_x", "{:.2f}"),
+                ("generate_speedup", "generate_x", "{:.2f}"),
+            ],
         )
-    dense = next((r for r in rows if r["strategy"] == "dense"), None)
-    for r in rows:
-        r["prefill_speedup"] = dense["prefill_latency_s"] / r["prefill_latency_s"] if dense else math.nan
-        r["generate_speedup"] = dense["generate_latency_s"] / r["generate_latency_s"] if dense else math.nan
-    print(format_bench(rows, model, batch_size, evaluator))
+    )
     if output is not None:
-        atomic_write_json(output, {"model": model, "batch_size": batch_size, "points": rows})
+        atomic_write_json(output, {"model": model, "batch_size": batch_size, "device": str(device_name), "rows": rows})
+        print(f"results: {Path(output).resolve()}")
     return rows
 
 
-def _load(evaluator: VLMEvaluator, device: Any) -> tuple[Any, Any, str]:
-    from svlm.models import load_vlm
-
-    vlm, processor, family = load_vlm(evaluator.model_name, evaluator.dtype_name, device, evaluator.attn_implementation)
-    return vlm, processor, family
-
-
-def format_bench(rows: Sequence[dict[str, Any]], model: str, batch_size: int, evaluator: VLMEvaluator) -> str:
-    device = next(evaluator.vlm.parameters()).device
-    head = f"svlm bench: {model} ({evaluator.family}) on {device}, batch {batch_size}, {evaluator.max_new_tokens} new"
-    cols = ["label", "budget", "budget_output", "prefill_tflops", "flops_ratio", "prefill_ms", "generate_ms"]
-    cols += ["prefill_x", "generate_x"]
-    table = [
-        [
-            r["label"],
-            f"{r['budget']:.1f}",
-            f"{r['budget_output']:.1f}",
-            f"{r['prefill_tflops']:.4f}",
-            f"{r['flops_ratio']:.3f}",
-            f"{1e3 * r['prefill_latency_s']:.1f}",
-            f"{1e3 * r['generate_latency_s']:.1f}",
-            f"{r['prefill_speedup']:.2f}",
-            f"{r['generate_speedup']:.2f}",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([head, fmt(cols), *(fmt(t) for t in table)])
-
-
 def _cmd_bench(args: Sequence[str]) -> int:
-    from jsonargparse import auto_cli
+    from jsonargparse import ArgumentError
 
-    auto_cli(bench, args=list(args), as_positional=False, parser_mode="yaml")
+    parser = _bench_parser()
+    parser.exit_on_error = True
+    try:
+        cfg = parser.parse_args(list(args))
+    except ArgumentError as err:  # pragma: no cover - exit_on_error handles it
+        parser.error(str(err))
+    cfg = parser.instantiate_classes(cfg).as_dict()
+    cfg.pop("config", None)
+    bench(**cfg)
     return 0
 
 

@@ -21,10 +21,15 @@ Conventions (the same as ``FlopCounterMode``):
 Relation to the formula used in the token-pruning literature (FastV, SparseVLM, PyramidDrop): per decoder
 layer with ``n`` tokens, hidden size ``d`` and MLP width ``m`` they report ``4nd^2 + 2n^2d + 2ndm``. That
 formula counts one multiply-add as one FLOP, assumes multi-head attention (no GQA) and a 2-matrix MLP.
-In our units the same layer costs ``8nd^2 + 4n^2d + 4ndm`` (exactly 2x) and a SwiGLU MLP adds a third
-matrix: ``6ndm`` multiply-adds, i.e. ``12ndm`` FLOPs. Use :func:`field_decoder_flops` to reproduce the
-literature's numbers for comparisons with published reductions; everything else here uses the
-FlopCounterMode convention.
+In our units the same layer costs ``8nd^2 + 4n^2d + 4ndm`` (exactly 2x). A SwiGLU MLP (LLaVA's Vicuna,
+Qwen2) has a third matrix: ``3ndm`` multiply-adds = ``6ndm`` FLOPs (the "6ndm" quoted for SwiGLU is in
+FLOPs), and GQA shrinks k/v projections to ``num_key_value_heads * head_dim`` columns; the field formula
+ignores both, so its absolute numbers are off for these models while its *ratios* stay close (attention
+and MLP both scale with ``n``). Use :func:`field_decoder_flops` only to reproduce published reductions;
+everything else here uses the FlopCounterMode convention.
+
+Not modelled: sliding-window decoder layers (off in the supported checkpoints; counted as full attention)
+and padding (callers pass the valid tokens of each sample; a padded batch computes more).
 
 All functions count **one sample**; sum the results over a batch (``FlopsBreakdown`` supports ``+``).
 """

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FAMILIES", "LoadedVLM", "family_of", "load_vlm", "resolve_device", "resolve_dtype"]
 
@@ -103,6 +107,7 @@ def load_vlm(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
     attn_implementation: str | None = "sdpa",
+    processor_kwargs: dict[str, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> LoadedVLM:
     """Load a supported VLM, its processor and its family name, in eval mode on ``device``.
@@ -114,6 +119,7 @@ def load_vlm(
         dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16`` or ``float32``.
         device: ``auto``/None (CUDA when available) or a torch device string.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained`` only (e.g. Qwen's ``max_pixels``).
         from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``revision``).
     """
     device = resolve_device(device)
@@ -122,6 +128,8 @@ def load_vlm(
         from svlm.testing import FAMILIES as TINY_FAMILIES
         from svlm.testing import tiny_vlm
 
+        if processor_kwargs:
+            log.warning("processor_kwargs %s are ignored for tiny models", processor_kwargs)
         family, kwargs = _parse_tiny(name_or_path)
         if family not in TINY_FAMILIES:
             raise ValueError(f"Unknown tiny model family {family!r}. Valid: {', '.join(TINY_FAMILIES)}.")
@@ -144,8 +152,14 @@ def load_vlm(
     kwargs = dict(from_pretrained_kwargs)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(
-        name_or_path, config=config, dtype=torch_dtype, device_map=str(device), **kwargs
-    )
-    processor = AutoProcessor.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    if device.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        kwargs.setdefault("device_map", str(device))  # load straight onto the GPU
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, config=config, dtype=torch_dtype, **kwargs)
+    model = model.to(device)
+    processor = AutoProcessor.from_pretrained(name_or_path, **{**from_pretrained_kwargs, **(processor_kwargs or {})})
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(
+            f"{name_or_path!r} has no multimodal processor (AutoProcessor gave {type(processor).__name__}); "
+            "save the processor with the model (processor.save_pretrained(folder))."
+        )
     return LoadedVLM(model.eval(), _prepare_processor(processor), family)

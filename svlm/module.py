@@ -152,6 +152,10 @@ def _safe_div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+#: Headline metric of each benchmark family, in order of preference (papers report POPE F1, MME perception).
+MAIN_METRICS: tuple[str, ...] = ("exact_match", "vqa_accuracy", "mc_accuracy", "pope_f1", "mme_perception")
+
+
 class VLMEvaluator(pl.LightningModule):
     """Evaluates one vision-language model under a list of token-pruning strategies on the same batches.
 
@@ -170,6 +174,9 @@ class VLMEvaluator(pl.LightningModule):
         seed: Seed set before each point's generate (per batch), so random strategies are reproducible.
         benchmark: Benchmark name for the metric; by default taken from the datamodule or the batch metadata.
         latency_warmup: Run one untimed generate before the first timed batch (CUDA kernels, allocator).
+        processor_kwargs: Passed to ``AutoProcessor.from_pretrained`` (e.g. ``max_pixels`` for Qwen2-VL).
+        main_metric: Metric reported as ``accuracy`` (and plotted); default: the benchmark's headline metric
+            (exact_match, vqa_accuracy, mc_accuracy, pope_f1 or mme_perception).
     """
 
     def __init__(
@@ -182,6 +189,8 @@ class VLMEvaluator(pl.LightningModule):
         seed: int = 0,
         benchmark: str | None = None,
         latency_warmup: bool = True,
+        processor_kwargs: dict[str, Any] | None = None,
+        main_metric: str | None = None,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -194,6 +203,8 @@ class VLMEvaluator(pl.LightningModule):
         self.seed = seed
         self.benchmark = benchmark
         self.latency_warmup = latency_warmup
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.main_metric = main_metric
         self.point_configs = expand_points(strategies if strategies is not None else ["dense"])
         self.strategy_objects = [build_point_strategy(p) for p in self.point_configs]
         self.vlm: nn.Module | None = None
@@ -210,7 +221,9 @@ class VLMEvaluator(pl.LightningModule):
         if self.vlm is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else resolve_device("auto")
-        vlm, processor, family = load_vlm(self.model_name, self.dtype_name, device, self.attn_implementation)
+        vlm, processor, family = load_vlm(
+            self.model_name, self.dtype_name, device, self.attn_implementation, self.processor_kwargs
+        )
         for p in vlm.parameters():
             p.requires_grad_(False)
         self.vlm, self.processor, self.family = vlm, processor, family
@@ -274,8 +287,14 @@ class VLMEvaluator(pl.LightningModule):
             for h in handles:
                 h.remove()
 
-    def generate(self, index: int, inputs: Mapping[str, Any], seed: int | None = None) -> tuple[Any, Any, dict]:
-        """Sparsify with point ``index``, greedy-generate; returns (new token ids, report, timing)."""
+    def generate(
+        self, index: int | None, inputs: Mapping[str, Any], seed: int | None = None
+    ) -> tuple[torch.Tensor, Any, dict[str, float]]:
+        """Greedy-generate with strategy point ``index`` (``None``: the unwrapped Hugging Face model).
+
+        Returns the new token ids, the point's ``last_report`` (``None`` for the unwrapped model) and the
+        wall-clock times of the prefill (first forward) and of the whole ``generate``.
+        """
         import svlm
 
         model = self._ensure_model()
@@ -283,12 +302,13 @@ class VLMEvaluator(pl.LightningModule):
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if seed is not None:
             torch.manual_seed(seed)
-        sparse = svlm.sparsify(model, self.strategy_objects[index], seed=seed)
+        sparse = svlm.sparsify(model, self.strategy_objects[index]) if index is not None else None
+        runner = sparse if sparse is not None else model
         try:
-            with self._prefill_timer(device) as timing:
+            with self._prefill_timer(device) as timing, torch.no_grad():
                 self._sync(device)
                 start = time.perf_counter()
-                ids = sparse.generate(
+                ids = runner.generate(
                     **inputs,
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,
@@ -297,11 +317,12 @@ class VLMEvaluator(pl.LightningModule):
                 )
                 self._sync(device)
                 timing["generate"] = time.perf_counter() - start
-            report = sparse.last_report
+            report = sparse.last_report if sparse is not None else None
         finally:
-            sparse.detach()
-        new_ids = ids[:, inputs["input_ids"].shape[1] :]
-        return new_ids, report, timing
+            if sparse is not None:
+                sparse.detach()
+        timing.pop("start", None)
+        return ids[:, inputs["input_ids"].shape[1] :], report, timing
 
     def decode(self, new_ids: torch.Tensor) -> list[str]:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -317,7 +338,6 @@ class VLMEvaluator(pl.LightningModule):
             new_ids, report, timing = self.generate(i, inputs, seed=self.seed + batch_idx)
             answers[point.label] = self.decode(new_ids)
             reports[point.label] = report
-            timing.pop("start", None)
             timings[point.label] = {**timing, "new_tokens": int((new_ids != self._pad_id()).sum())}
         return inputs, answers, reports, timings
 
@@ -331,13 +351,12 @@ class VLMEvaluator(pl.LightningModule):
             return self.benchmark
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         name = getattr(datamodule, "benchmark", None)
-        if not name:
-            meta = batch.get("metadata") or [{}]
-            name = meta[0].get("benchmark") if isinstance(meta[0], Mapping) else None
+        if not name and batch.get("tasks"):
+            name = batch["tasks"][0]
         if not name:
             raise ValueError(
                 "Cannot tell the benchmark: set `model.benchmark`, use a datamodule with a `benchmark` "
-                "attribute, or put 'benchmark' in the batch metadata."
+                "attribute, or give batches a 'tasks' list (svlm.data.VLMDataModule does both)."
             )
         self.benchmark = str(name)
         return self.benchmark
@@ -353,7 +372,9 @@ class VLMEvaluator(pl.LightningModule):
         return self.point_metrics
 
     def _update(self, i: int, batch: Mapping[str, Any], answers: list[str], report: Any, timing: dict) -> None:
-        self._metrics(batch)[i].update(answers, list(batch["answers"]))
+        from svlm.metrics import update_from_batch
+
+        update_from_batch(self._metrics(batch)[i], answers, batch)
         n = len(answers)
         visual = [float(v[0]) if len(v) else 0.0 for v in report.visual_tokens]
         timed = "prefill" in timing
@@ -417,10 +438,8 @@ class VLMEvaluator(pl.LightningModule):
             s = self.point_stats[i].compute()
             n = s["samples"]
             metric = self.point_metrics[i] if i < len(self.point_metrics) else None
-            values = _metric_values(metric.compute(), self._main_name(metric)) if metric is not None and n else {}
-            main = self._main_name(metric) if metric is not None else None
-            if main not in values and values:
-                main = next(iter(values))
+            values = _metric_values(metric.compute(), "score") if metric is not None and n else {}
+            main = self._main_name(values)
             point: dict[str, Any] = {
                 "label": cfg.label,
                 "strategy": cfg.strategy,
@@ -455,18 +474,21 @@ class VLMEvaluator(pl.LightningModule):
                     p["relative/" + key.removeprefix("metric/")] = _safe_div(p[key], dense[key])
         return points
 
-    def _main_name(self, metric: Any) -> str:
-        if metric is None:
-            return "score"
-        return str(getattr(metric, "main_metric", None) or getattr(metric, "name", None) or "score")
+    def _main_name(self, values: Mapping[str, float]) -> str | None:
+        """The headline metric: ``main_metric`` if set, else the first of ``MAIN_METRICS`` present."""
+        if self.main_metric:
+            if values and self.main_metric not in values:
+                raise ValueError(f"main_metric {self.main_metric!r} is not among the metrics {sorted(values)}.")
+            return self.main_metric
+        return next((k for k in MAIN_METRICS if k in values), next(iter(values), None))
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Each point's answers (lists aligned with the batch) with its report summary and latency."""
         _, answers, reports, timings = self._run_points(batch, batch_idx)
         return {
+            "ids": batch.get("ids"),
             "questions": batch.get("questions"),
             "references": batch.get("answers"),
-            "metadata": batch.get("metadata"),
             "answers": answers,
             "reports": {label: _report_dict(rep) for label, rep in reports.items()},
             "latency": timings,

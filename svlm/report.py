@@ -51,6 +51,7 @@ class Report:
         decisions: list[LayerDecision],
         strategy: str,
         input_ids: torch.Tensor,
+        inputs: dict[str, Any] | None = None,
     ) -> None:
         self.info = info
         self.config = config
@@ -65,6 +66,12 @@ class Report:
         self._dtype = layer_sequences[0].cos.dtype
         self.batch_size = int(input_ids.shape[0])
         self.prompt_length = int(input_ids.shape[1])
+        self._vision = self._vision_geometry(config, {**(inputs or {}), "input_ids": input_ids})
+
+    def _vision_geometry(self, config: Any, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        from svlm import flops
+
+        return [flops.vision_kwargs(config, inputs, b) for b in range(self.batch_size)]
 
     # -- tokens ------------------------------------------------------------------------------------
     @property
@@ -123,8 +130,9 @@ class Report:
             )
             per_layer = self._tokens[b].tolist()
             n = int(self._prompt_tokens[b])
-            sparse += flops.prefill_flops(self.config, per_layer, scoring_flops=score).total
-            dense += flops.prefill_flops(self.config, [n] * self.info.num_layers).total
+            vision = self._vision[b]
+            sparse += flops.prefill_flops(self.config, per_layer, scoring_flops=score, **vision).total
+            dense += flops.prefill_flops(self.config, [n] * self.info.num_layers, **vision).total
             scoring += score
         return sparse, dense, scoring
 

@@ -1,7 +1,7 @@
 """Benchmark loaders: one normaliser per benchmark maps its dataset fields onto the common `Sample` schema.
 
-Field names and prompts follow the lmms-lab Hub datasets and lmms-eval's task definitions (LLaVA-1.5 evaluation
-conventions), so a local mirror of those repos (same parquet layout) loads the same way as the Hub name.
+Field names and prompts follow the lmms-lab Hub datasets and lmms-eval's task definitions (LLaVA-1.5
+evaluation conventions), so a local mirror of those repos (same parquet layout) loads like the Hub name.
 Rows are normalised lazily in `BenchmarkDataset.__getitem__`: no `datasets.map` pass re-encodes images.
 """
 
@@ -21,23 +21,13 @@ from svlm.data.loading import load_split
 from svlm.data.prompts import LETTERS, SHORT_ANSWER, multiple_choice_prompt, with_instruction
 from svlm.data.registry import Registry
 from svlm.data.schema import DataError, EmptyDatasetError, Sample, SplitNotFoundError, make_sample
+from svlm.metrics.mme import MME_COGNITION, MME_PERCEPTION
 
 Normaliser = Callable[[dict[str, Any], int, "BenchmarkDataset"], Sample]
 
-MME_PERCEPTION: tuple[str, ...] = (
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-)
-MME_COGNITION: tuple[str, ...] = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 POPE_CATEGORIES: tuple[str, ...] = ("adversarial", "popular", "random")
+GQA_STRUCTURAL: tuple[str, ...] = ("verify", "query", "choose", "logical", "compare")
+VQA_ANSWER_TYPES: tuple[str, ...] = ("yes/no", "number", "other")
 
 
 @dataclass(frozen=True)
@@ -45,13 +35,15 @@ class BenchmarkSpec:
     """How to find and read one benchmark.
 
     hub: default Hub repo; config/split: its default config and evaluation split; train_split: the split used
-    for calibration (`fit`) when none is given; categories: known category values (for per-category metrics).
+    for calibration (`fit`) when none is given; metric: the `svlm.metrics` kind that scores it ("exact_match",
+    "vqa_accuracy", "mc_accuracy", "pope", "mme"); categories: known category values (per-category scores).
     """
 
     name: str
     normalise: Normaliser
     hub: str | None
     split: str
+    metric: str = "exact_match"
     config: str | None = None
     train_split: str | None = None
     val_split: str | None = None
@@ -99,7 +91,8 @@ class BenchmarkDataset(Dataset):
         return self.spec.normalise(self.raw[i], i, self)
 
     def __repr__(self) -> str:
-        return f"BenchmarkDataset({self.spec.name!r}, split={self.split!r}, n={len(self)}, source={self.source!r})"
+        name, n = self.spec.name, len(self)
+        return f"BenchmarkDataset({name!r}, split={self.split!r}, n={n}, source={self.source!r})"
 
     def image_by_id(self, image_id: str):
         if self._images is None or self._image_index is None:
@@ -115,7 +108,9 @@ class BenchmarkDataset(Dataset):
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan")
+    return (
+        value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan")
+    )
 
 
 # ----------------------------------------------------------------------------------------------- normalisers
@@ -163,7 +158,9 @@ def _mme(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         id=f"{row['question_id']}#{i}",  # question_id is the image path, shared by the image's two questions
         image=row["image"],
         question=question,
-        prompt=with_instruction(question.replace(_MME_SUFFIX, "").replace(_MME_SUFFIX.strip(), ""), SHORT_ANSWER),
+        prompt=with_instruction(
+            question.replace(_MME_SUFFIX, "").replace(_MME_SUFFIX.strip(), ""), SHORT_ANSWER
+        ),
         answers=[row["answer"].strip().lower().rstrip(".")],
         answer_type="yesno",
         category=row["category"],
@@ -263,38 +260,42 @@ def _shapes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
 
 for _spec in (
     BenchmarkSpec(
-        "shapes", _shapes, hub=None, split="test", train_split="train", val_split="val",
+        "shapes", _shapes, hub=None, split="test", metric="exact_match", train_split="train", val_split="val",
         categories=shapes.QUESTION_TYPES, aliases=("svlm-shapes", "svlm_shapes"),
         description="synthetic grounded QA generated offline (svlm.data.shapes)",
     ),
     BenchmarkSpec(
         "gqa", _gqa, hub="lmms-lab/GQA", config="testdev_balanced_instructions", split="testdev",
-        train_split="train", extra={"image_config": "testdev_balanced_images"},
+        metric="exact_match", categories=GQA_STRUCTURAL, extra={"image_config": "testdev_balanced_images"},
         description="GQA test-dev balanced, exact match",
     ),
     BenchmarkSpec(
-        "pope", _pope, hub="lmms-lab/POPE", split="test", categories=POPE_CATEGORIES,
+        "pope", _pope, hub="lmms-lab/POPE", split="test", metric="pope", categories=POPE_CATEGORIES,
         description="POPE object hallucination (adversarial/popular/random), yes/no",
     ),
     BenchmarkSpec(
-        "mme", _mme, hub="lmms-lab/MME", split="test", categories=MME_PERCEPTION + MME_COGNITION,
+        "mme", _mme, hub="lmms-lab/MME", split="test", metric="mme",
+        categories=MME_PERCEPTION + MME_COGNITION,
         description="MME perception + cognition, yes/no pairs per image",
     ),
     BenchmarkSpec(
-        "textvqa", _textvqa, hub="lmms-lab/textvqa", split="validation", train_split="train",
+        "textvqa", _textvqa, hub="lmms-lab/textvqa", split="validation", metric="vqa_accuracy",
+        train_split="train",
         aliases=("text_vqa", "textvqa_val"), description="TextVQA val, VQA accuracy over 10 answers",
     ),
     BenchmarkSpec(
         "scienceqa_img", _scienceqa, hub="lmms-lab/ScienceQA", config="ScienceQA-IMG", split="test",
-        train_split="train", val_split="validation", aliases=("scienceqa", "sqa", "sqa_img", "scienceqa-img"),
+        metric="mc_accuracy", train_split="train", val_split="validation",
+        aliases=("scienceqa", "sqa", "sqa_img", "scienceqa-img"),
         description="ScienceQA image subset, multiple choice",
     ),
     BenchmarkSpec(
-        "mmbench", _mmbench, hub="lmms-lab/MMBench", config="en", split="dev",
+        "mmbench", _mmbench, hub="lmms-lab/MMBench", config="en", split="dev", metric="mc_accuracy",
         aliases=("mmbench_en", "mmbench_en_dev"), description="MMBench-EN dev, multiple choice (letter)",
     ),
     BenchmarkSpec(
-        "vqav2", _vqav2, hub="lmms-lab/VQAv2", split="validation", aliases=("vqa_v2", "vqa2", "vqav2_val"),
+        "vqav2", _vqav2, hub="lmms-lab/VQAv2", split="validation", metric="vqa_accuracy",
+        categories=VQA_ANSWER_TYPES, aliases=("vqa_v2", "vqa2", "vqav2_val"),
         description="VQAv2 val, VQA accuracy over 10 answers",
     ),
 ):  # fmt: skip
@@ -342,7 +343,9 @@ def load_benchmark(
         except ValueError as e:
             raise SplitNotFoundError(str(e)) from None
         n = limit or num_samples or 500
-        raw = shapes.build_shapes_dataset(split, n, seed=seed or 0, image_size=image_size, **(shapes_kwargs or {}))
+        raw = shapes.build_shapes_dataset(
+            split, n, seed=seed or 0, image_size=image_size, **(shapes_kwargs or {})
+        )
         return BenchmarkDataset(spec, raw, split, source=f"{shapes.NAME}(seed={seed or 0})")
     source = os.fspath(path) if path is not None else spec.hub
     if source is None:
@@ -369,19 +372,16 @@ def _attach_images(ds: BenchmarkDataset, source: str, split: str, image_config: 
     ds.attach_images(images)
     missing = needed - set(ds._image_index or ())
     if missing:
-        raise DataError(f"{ds.spec.name}: {len(missing)} image ids (e.g. {sorted(missing)[:3]}) missing from {image_config!r}")
+        raise DataError(
+            f"{ds.spec.name}: {len(missing)} image ids (e.g. {sorted(missing)[:3]}) "
+            f"missing from {image_config!r}"
+        )
 
 
 def describe_benchmarks() -> list[dict[str, Any]]:
-    """Name, default source/config/split and description of every registered benchmark (for CLI listings)."""
-    out = []
-    for n in available_benchmarks():
-        s = get_benchmark(n)
-        out.append(
-            {"name": n, "hub": s.hub, "config": s.config, "split": s.split, "aliases": list(s.aliases),
-             "description": s.description}
-        )  # fmt: skip
-    return out
+    """Name, default source/config/split, metric and description of every benchmark (for CLI listings)."""
+    keys = ("name", "hub", "config", "split", "metric", "aliases", "description")
+    return [{k: getattr(get_benchmark(n), k) for k in keys} for n in available_benchmarks()]
 
 
 def categories_of(name: str) -> Sequence[str] | None:

@@ -33,7 +33,7 @@ BATCH_KEYS: dict[str, str] = {
 
 
 def collate_samples(samples: Sequence[Sample]) -> dict[str, list[Any]]:
-    """Samples -> a dict of lists (see `BATCH_KEYS`) plus ``conversations`` ready for ``apply_chat_template``."""
+    """Samples -> dict of lists (`BATCH_KEYS`) plus ``conversations`` ready for ``apply_chat_template``."""
     if not samples:
         raise DataError("cannot collate an empty list of samples")
     batch: dict[str, list[Any]] = {key: [s[field] for s in samples] for key, field in BATCH_KEYS.items()}
@@ -47,7 +47,7 @@ class VLMDataModule(LightningDataModule):
     Args:
         benchmark: registered benchmark name or alias ("shapes", "gqa", "pope", "mme", "textvqa",
             "scienceqa_img", "mmbench", "vqav2"); see `svlm.data.available_benchmarks()`.
-        path: Hub repo or local path of the data; default: the benchmark's lmms-lab repo ("shapes" is generated).
+        path: Hub repo or local path of the data; default: the benchmark's lmms-lab repo (shapes: generated).
         split: evaluation split (test/predict, and validate unless `val_split`); default: the benchmark's.
         config: dataset config (Hub subset / local sub-folder); default: the benchmark's.
         limit: use at most this many samples per split (for "shapes": how many to generate; default 500).
@@ -124,7 +124,9 @@ class VLMDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             if self.train_split is None:
-                raise DataError(f"benchmark {self.benchmark!r} has no default training split; pass train_split=")
+                raise DataError(
+                    f"benchmark {self.benchmark!r} has no default training split; pass train_split="
+                )
             self.train_set = self.dataset(self.train_split, self.train_limit)
         if stage in (None, "fit", "validate"):
             self.val_set = self.dataset(self.val_split, self.limit)

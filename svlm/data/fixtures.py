@@ -17,6 +17,13 @@ from svlm.data.benchmarks import get_benchmark
 
 S = datasets.Value("string")
 I64 = datasets.Value("int64")
+SEQ = datasets.Sequence(S)
+IMG = datasets.Image()
+
+
+def _features(strings: str, **typed) -> datasets.Features:
+    """String columns named in `strings` (space-separated) first, then the typed ones, in the Hub's order."""
+    return datasets.Features({**{k: S for k in strings.split()}, **typed})
 
 
 def _image(k: int, size: int = 32) -> Image.Image:
@@ -45,15 +52,17 @@ def _gqa(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"id": S, "imageId": S, "question": S, "answer": S, "fullAnswer": S, "isBalanced": datasets.Value("bool"),
-         "types": {"structural": S, "semantic": S, "detailed": S}}
-    )  # fmt: skip
+    feats = _features(
+        "id imageId question answer fullAnswer",
+        isBalanced=datasets.Value("bool"),
+        types={"structural": S, "semantic": S, "detailed": S},
+    )
     _write(rows, feats, root / "testdev_balanced_instructions" / "testdev-00000-of-00001.parquet")
     ids = sorted({r["imageId"] for r in rows})
     imgs = [{"id": i, "image": _image(j)} for j, i in enumerate(ids)]
-    _write(imgs, datasets.Features({"id": S, "image": datasets.Image()}), root / "testdev_balanced_images" /
-           "testdev-00000-of-00001.parquet")  # fmt: skip
+    _write(
+        imgs, _features("id", image=IMG), root / "testdev_balanced_images" / "testdev-00000-of-00001.parquet"
+    )
 
 
 def _pope(root: Path, n: int) -> None:
@@ -70,10 +79,7 @@ def _pope(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"id": S, "question_id": S, "question": S, "answer": S, "image_source": S, "image": datasets.Image(),
-         "category": S}
-    )  # fmt: skip
+    feats = _features("id question_id question answer image_source", image=IMG, category=S)
     _write(rows, feats, root / "data" / "test-00000-of-00001.parquet")
 
 
@@ -87,13 +93,13 @@ def _mme(root: Path, n: int) -> None:
                 {
                     "question_id": f"{cat}/{k:012d}.jpg",
                     "image": _image(k),
-                    "question": f"Is there a {'cat' if answer == 'Yes' else 'dog'} in this image? Please answer "
-                    "yes or no.",
+                    "question": f"Is there a {'cat' if answer == 'Yes' else 'dog'} in this image? "
+                    "Please answer yes or no.",
                     "answer": answer,
                     "category": cat,
                 }
             )
-    feats = datasets.Features({"question_id": S, "image": datasets.Image(), "question": S, "answer": S, "category": S})
+    feats = _features("question_id", image=IMG, question=S, answer=S, category=S)
     _write(rows, feats, root / "data" / "test-00000-of-00001.parquet")
 
 
@@ -114,11 +120,19 @@ def _textvqa(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"image_id": S, "question_id": I64, "question": S, "question_tokens": datasets.Sequence(S),
-         "image": datasets.Image(), "image_width": I64, "image_height": I64, "answers": datasets.Sequence(S),
-         "image_classes": datasets.Sequence(S), "set_name": S, "ocr_tokens": datasets.Sequence(S)}
-    )  # fmt: skip
+    feats = _features(
+        "image_id",
+        question_id=I64,
+        question=S,
+        question_tokens=SEQ,
+        image=IMG,
+        image_width=I64,
+        image_height=I64,
+        answers=SEQ,
+        image_classes=SEQ,
+        set_name=S,
+        ocr_tokens=SEQ,
+    )
     _write(rows, feats, root / "data" / "validation-00000-of-00001.parquet")
 
 
@@ -141,11 +155,14 @@ def _scienceqa(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"image": datasets.Image(), "question": S, "choices": datasets.Sequence(S), "answer": datasets.Value("int8"),
-         "hint": S, "task": S, "grade": S, "subject": S, "topic": S, "category": S, "skill": S, "lecture": S,
-         "solution": S}
-    )  # fmt: skip
+    feats = _features(
+        "",
+        image=IMG,
+        question=S,
+        choices=SEQ,
+        answer=datasets.Value("int8"),
+        **{k: S for k in "hint task grade subject topic category skill lecture solution".split()},
+    )
     _write(rows, feats, root / "ScienceQA-IMG" / "test-00000-of-00001.parquet")
 
 
@@ -169,10 +186,11 @@ def _mmbench(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"index": S, "question": S, "hint": S, "A": S, "B": S, "C": S, "D": S, "answer": S, "category": S,
-         "image": datasets.Image(), "source": S, "L2-category": S, "comment": S, "split": S}
-    )  # fmt: skip
+    feats = _features(
+        "index question hint A B C D answer category",
+        image=IMG,
+        **{k: S for k in ("source", "L2-category", "comment", "split")},
+    )
     _write(rows, feats, root / "en" / "dev-00000-of-00001.parquet")
 
 
@@ -194,11 +212,15 @@ def _vqav2(root: Path, n: int) -> None:
         }
         for k in range(n)
     ]
-    feats = datasets.Features(
-        {"question_type": S, "multiple_choice_answer": S,
-         "answers": [{"answer": S, "answer_confidence": S, "answer_id": I64}], "image_id": I64, "answer_type": S,
-         "question_id": I64, "question": S, "image": datasets.Image()}
-    )  # fmt: skip
+    feats = _features(
+        "question_type multiple_choice_answer",
+        answers=[{"answer": S, "answer_confidence": S, "answer_id": I64}],
+        image_id=I64,
+        answer_type=S,
+        question_id=I64,
+        question=S,
+        image=IMG,
+    )
     _write(rows, feats, root / "data" / "validation-00000-of-00001.parquet")
 
 
@@ -219,7 +241,7 @@ def fixture_benchmarks() -> list[str]:
 
 
 def write_benchmark_fixture(name: str, root: str | os.PathLike, num_samples: int = 6) -> Path:
-    """Write a `num_samples`-row mirror of benchmark `name` under `root`; returns the path to pass as `path=`."""
+    """Write a `num_samples`-row mirror of benchmark `name` under `root`; returns the path for `path=`."""
     spec = get_benchmark(name)
     if spec.name not in _WRITERS:
         raise ValueError(f"no fixture writer for {spec.name!r}; available: {fixture_benchmarks()}")

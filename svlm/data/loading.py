@@ -35,7 +35,12 @@ def _data_files(folder: Path) -> dict[str, list[str]]:
     """Group the data files under `folder` (recursively) by split name."""
     groups: dict[str, list[str]] = defaultdict(list)
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in _BUILDERS and not f.name.startswith(".") and f.name != "dataset_info.json":
+        if (
+            f.is_file()
+            and f.suffix in _BUILDERS
+            and not f.name.startswith(".")
+            and f.name != "dataset_info.json"
+        ):
             if f.name in ("state.json", "dataset_dict.json"):
                 continue
             groups[_split_of(f)].append(str(f))
@@ -56,12 +61,9 @@ def _pick(dd: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
 
 
 def load_split(
-    path: str | os.PathLike,
-    split: str,
-    config: str | None = None,
-    cache_dir: str | None = None,
+    path: str | os.PathLike, split: str, config: str | None = None, cache_dir: str | None = None
 ) -> datasets.Dataset:
-    """Load one split of a dataset from a local path or the Hub; see the module docstring for local layouts."""
+    """Load one split of a dataset from a local path or the Hub (local layouts: see the module docstring)."""
     path = os.path.expanduser(os.fspath(path))
     if not _looks_local(path):
         return _load_hub(path, split, config, cache_dir)

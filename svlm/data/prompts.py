@@ -1,7 +1,7 @@
 """Prompt text and chat conversations, following the LLaVA-1.5 / lmms-eval evaluation conventions.
 
-The instruction strings are what published LLaVA-1.5 / Qwen-VL numbers were measured with; changing them changes
-accuracy, so they live in one place.
+The instruction strings are what published LLaVA-1.5 / Qwen-VL numbers were measured with; changing them
+changes accuracy, so they live in one place.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def multiple_choice_prompt(
 def build_conversation(prompt: str) -> list[dict[str, Any]]:
     """The single-turn, single-image conversation of the processor contract.
 
-    ``processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)`` turns it into the model's
-    prompt text; the image placeholder comes first, as in LLaVA-1.5 and Qwen2-VL training data.
+    ``processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)`` turns it into the
+    model's prompt text; the image placeholder comes first, as in LLaVA-1.5 and Qwen2-VL training data.
     """
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]

@@ -1,9 +1,10 @@
 """svlm-shapes: a synthetic grounded-QA benchmark generated offline from a seed.
 
-Each image holds a few small coloured shapes on a 3x3 grid over a plain (optionally noisy) background, and each
-question is answered by looking at one small region (one shape: a few 14-px patches at 336 px), so a pruning
-method that drops the wrong visual tokens loses the answer. Answers come from a small closed vocabulary and are
-balanced per question type (every block of `len(vocabulary)` questions of a type uses each answer once).
+Each image holds a few small coloured shapes on a 3x3 grid over a plain (optionally noisy) background, and
+each question is answered by looking at one small region (one shape: a few 14-px patches at 336 px), so a
+pruning method that drops the wrong visual tokens loses the answer. Answers come from a small closed
+vocabulary and are balanced per question type (each block of `len(vocabulary)` questions of a type uses every
+answer once).
 
 Determinism: sample `i` of (`split`, `seed`) depends only on those three values (not on `num_samples`), so a
 smaller `num_samples` gives a prefix of a larger one, and splits use disjoint random streams.
@@ -99,14 +100,16 @@ def resolve_split(split: str) -> str:
 
 
 def _balanced_answer(seed: int, split: str, qtype: str, j: int) -> str:
-    """Answer of the j-th question of `qtype`: each block of len(vocab) questions is a permutation of vocab."""
+    """Answer of the j-th question of `qtype`: each block of len(vocab) questions permutes the vocab."""
     vocab = ANSWER_VOCAB[qtype]
     block, pos = divmod(j, len(vocab))
     perm = _rng(seed, split, 1_000_003, QUESTION_TYPES.index(qtype), block).permutation(len(vocab))
     return vocab[perm[pos]]
 
 
-def _place(rng: np.random.Generator, specs: list[tuple[str, str, int]], size: int, scale: float) -> list[Shape]:
+def _place(
+    rng: np.random.Generator, specs: list[tuple[str, str, int]], size: int, scale: float
+) -> list[Shape]:
     cell = size / GRID
     out = []
     for shape, color, c in specs:
@@ -124,7 +127,7 @@ def _place(rng: np.random.Generator, specs: list[tuple[str, str, int]], size: in
 def _scene(
     rng: np.random.Generator, qtype: str, answer: str, min_objects: int, max_objects: int
 ) -> tuple[str, list[tuple[str, str, int]], list[int]]:
-    """Question text, object specs (shape, color, cell) and the indices of the objects that hold the answer."""
+    """Question text, object specs (shape, color, cell) and indices of the objects that hold the answer."""
     combos = [(s, c) for s in SHAPES for c in COLORS]
 
     def pick(pred) -> tuple[str, str]:
@@ -162,7 +165,7 @@ def _scene(
             specs.append((shape, color))
             evidence = [0]
         else:
-            # a near-miss distractor (same shape other colour, or same colour other shape) makes "no" non-trivial
+            # a near-miss distractor (same shape other colour, or same colour other shape) makes "no" harder
             if rng.random() < 0.5:
                 specs.append(pick(lambda s, c, shape=shape, color=color: s == shape and c != color))
             else:
@@ -230,7 +233,7 @@ def render(objects: list[Shape], size: int, background: tuple[int, int, int], no
 
 
 def generate_sample(index: int, split: str = "test", seed: int = 0, **kwargs) -> dict:
-    """One sample as a dict with an RGB PIL `image` (see `build_shapes_dataset` for the columns and options)."""
+    """One sample as a dict with an RGB PIL `image` (columns and options: see `build_shapes_dataset`)."""
     sample = _generate(index, split, seed, **kwargs)
     sample["image"] = sample["image"].convert("RGB")
     return sample
@@ -264,7 +267,8 @@ def _generate(
         "answers": [answer, *SYNONYMS.get(answer, ())],
         "question_type": qtype,
         "objects": [
-            {"shape": o.shape, "color": o.color, "position": o.position, "bbox": list(o.bbox)} for o in objects
+            {"shape": o.shape, "color": o.color, "position": o.position, "bbox": list(o.bbox)}
+            for o in objects
         ],
         "evidence": evidence,
     }
@@ -320,13 +324,21 @@ def build_shapes_dataset(
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     if not 1 <= min_objects <= max_objects <= GRID * GRID:
-        raise ValueError(f"need 1 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects}, {max_objects}")
+        raise ValueError(
+            f"need 1 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects}, {max_objects}"
+        )
     if max_objects < 3:
         raise ValueError(f"max_objects must be >= 3 so that every count answer (0-3) fits, got {max_objects}")
     if not 0 < shape_scale <= 1 / GRID:
-        raise ValueError(f"shape_scale must be in (0, {1 / GRID:.3f}] so shapes fit their cell, got {shape_scale}")
+        raise ValueError(
+            f"shape_scale must be in (0, {1 / GRID:.3f}] so shapes fit their cell, got {shape_scale}"
+        )
     kwargs = dict(
-        image_size=image_size, min_objects=min_objects, max_objects=max_objects, shape_scale=shape_scale, noise=noise
+        image_size=image_size,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        shape_scale=shape_scale,
+        noise=noise,
     )
     rows: dict[str, list] = {k: [] for k in FEATURES}
     split = resolve_split(split)

@@ -125,6 +125,7 @@ class PruningSession:
                 decisions=self.decisions,
                 strategy=repr(self.strategy),
                 input_ids=self.ctx.input_ids,
+                inputs=self.call_inputs,
             )
         )
         self.prefill = False
@@ -228,6 +229,7 @@ class PruningSession:
         if rows is not None:
             view.rows, view.rows_valid = rows_from_mask(rows & seq.valid)
             view.attention = self._attention(idx, seq, view.rows, view.rows_valid)
+            view.recompute = lambda q=None, k=None: self._attention(idx, seq, view.rows, view.rows_valid, q, k)
         selection = self.strategy.select(self.ctx, view)
         if not isinstance(selection, Selection):
             raise TypeError(f"{type(self.strategy).__name__}.select must return a Selection.")
@@ -249,14 +251,23 @@ class PruningSession:
         self.current = new_seq
         return new_hidden
 
-    def _attention(self, idx: int, seq: TokenSequence, rows: torch.Tensor, rows_valid: torch.Tensor) -> torch.Tensor:
+    def _attention(
+        self,
+        idx: int,
+        seq: TokenSequence,
+        rows: torch.Tensor,
+        rows_valid: torch.Tensor,
+        q: torch.Tensor | None = None,
+        k: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention rows of layer ``idx`` from its captured projections (or replacements ``q``/``k``)."""
         captured = self.captured.get(idx, {})
         if "q" not in captured or "k" not in captured:
             raise RuntimeError(f"Layer {idx}: q/k projections were not captured; is the adapter right?")
         attn = self.adapter.attention(self.adapter.decoder_layers[idx])
         return attention_rows(
-            captured["q"],
-            captured["k"],
+            captured["q"] if q is None else q.expand_as(captured["q"]),
+            captured["k"] if k is None else k.expand_as(captured["k"]),
             rows,
             rows_valid,
             seq.valid,

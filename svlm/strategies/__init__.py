@@ -1,6 +1,6 @@
 """Pruning strategies. Importing this package registers the built-in ones."""
 
-from svlm.strategies import dense, fastv, random  # noqa: F401  (registration)
+from svlm.strategies import dense, fastv, random, sparsevlm  # noqa: F401  (registration)
 from svlm.strategies.base import (
     BudgetError,
     LayerView,

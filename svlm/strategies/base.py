@@ -15,7 +15,7 @@ Text tokens are always kept; the engine gathers the kept rows and keeps their or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -67,6 +67,7 @@ class LayerView:
     attention: torch.Tensor | None = None  # [b, h, r, n] float32
     rows: torch.Tensor | None = None  # [b, r] slot index of each attention row
     rows_valid: torch.Tensor | None = None  # [b, r] bool
+    recompute: Callable[..., torch.Tensor] | None = None  # (q=None, k=None) -> rows attention, same rows
 
     @property
     def num_visual(self) -> torch.Tensor:
@@ -108,6 +109,11 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+
+    @property
+    def drops_only(self) -> bool:
+        """True when the strategy only drops tokens (no merging): it must then match the masked-key oracle."""
+        return True
 
     def __init__(self, budget: float | None = None) -> None:
         if budget is not None and not budget > 0:

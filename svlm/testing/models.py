@@ -8,9 +8,9 @@ pruning schedules, budgets and position bookkeeping are exercised at the sizes r
   1x3 and 3x1 multiples of it. A square image of at least 224 px tiles 2 x 2 crops: 16 x 16 grid tokens + 16
   row-newline tokens + 64 base tokens = 336; other aspect ratios give other counts (unpadding), as in
   LLaVA-NeXT. Mistral decoder, ``[INST]`` template (llava-v1.6-mistral).
-- ``qwen2_vl`` / ``qwen2_5_vl``: every image is resized to about 672 x 672 px (min_pixels = max_pixels), patch 14
-  -> 48 x 48 patches -> 2 x 2 merge -> 576 visual tokens for a square image; M-RoPE sections scaled to the
-  head dim. Qwen2.5-VL uses window attention in its first vision block and full attention in its last.
+- ``qwen2_vl`` / ``qwen2_5_vl``: every image is resized to about 672 x 672 px (min_pixels = max_pixels),
+  patch 14 -> 48 x 48 patches -> 2 x 2 merge -> 576 visual tokens for a square image; M-RoPE sections scaled
+  to the head dim. Qwen2.5-VL uses window attention in its first vision block and full attention in its last.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
-from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+    Qwen2_5_VLTextConfig,
+    Qwen2_5_VLVisionConfig,
+)
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.processing_utils import ProcessorMixin
 
@@ -74,7 +77,7 @@ class TinyVLM:
     num_visual_tokens: int
     """Visual tokens for a square ``REFERENCE_IMAGE_SIZE`` image (the ``random_image`` default)."""
     image_size: int
-    """Vision input side in pixels: CLIP input (llava), AnyRes base view (llava_next), resize target (qwen)."""
+    """Vision input side in pixels: CLIP input (llava), AnyRes base view (llava_next), resize side (qwen)."""
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -89,12 +92,16 @@ class TinyVLM:
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
-    def inputs(self, images: Sequence[Image.Image] | Image.Image, questions: Sequence[str] | str) -> BatchFeature:
+    def inputs(
+        self, images: Sequence[Image.Image] | Image.Image, questions: Sequence[str] | str
+    ) -> BatchFeature:
         """Left-padded batch (one image per question) on the model's device, pixels in the model's dtype."""
         images = [images] if isinstance(images, Image.Image) else list(images)
         questions = [questions] if isinstance(questions, str) else list(questions)
         if len(images) != len(questions):
-            raise ValueError(f"Got {len(images)} images but {len(questions)} questions; pass one image per question")
+            raise ValueError(
+                f"Got {len(images)} images but {len(questions)} questions; pass one image per question"
+            )
         batch = self.processor(
             images=images, text=[self.prompt(q) for q in questions], padding=True, return_tensors="pt"
         )
@@ -127,7 +134,9 @@ def tiny_vlm(
     num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
     _check_sizes(family, num_layers, hidden_size, num_attention_heads, num_key_value_heads)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32, torch.bfloat16), got {dtype!r}")
+        raise ValueError(
+            f"dtype must be a floating torch.dtype (e.g. torch.float32, torch.bfloat16), got {dtype!r}"
+        )
     image_size = DEFAULT_IMAGE_SIZE[family] if image_size is None else image_size
     step = PATCH_SIZE * (MERGE_SIZE if family.startswith("qwen") else 1)
     if image_size <= 0 or image_size % step:
@@ -188,8 +197,12 @@ def tiny_vlm(
             "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
         }
         if family == "qwen2_vl":
-            vision_config = Qwen2VLVisionConfig(**vision, embed_dim=VISION_HIDDEN, hidden_size=hidden_size, mlp_ratio=2)
-            config = Qwen2VLConfig(text_config=Qwen2VLTextConfig(**text), vision_config=vision_config, **special)
+            vision_config = Qwen2VLVisionConfig(
+                **vision, embed_dim=VISION_HIDDEN, hidden_size=hidden_size, mlp_ratio=2
+            )
+            config = Qwen2VLConfig(
+                text_config=Qwen2VLTextConfig(**text), vision_config=vision_config, **special
+            )
         else:
             vision_config = Qwen2_5_VLVisionConfig(
                 **vision,
@@ -200,7 +213,9 @@ def tiny_vlm(
                 fullatt_block_indexes=[VISION_LAYERS - 1],
                 tokens_per_second=2,
             )
-            config = Qwen2_5_VLConfig(text_config=Qwen2_5_VLTextConfig(**text), vision_config=vision_config, **special)
+            config = Qwen2_5_VLConfig(
+                text_config=Qwen2_5_VLTextConfig(**text), vision_config=vision_config, **special
+            )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -225,12 +240,15 @@ def _check_sizes(family: str, layers: int, hidden: int, heads: int, kv_heads: in
     if heads < 1 or hidden % heads:
         raise ValueError(f"hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads})")
     if kv_heads < 1 or heads % kv_heads:
-        raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+        raise ValueError(
+            f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
+        )
     head_dim = hidden // heads
     min_head_dim = 6 if family.startswith("qwen") else 2  # M-RoPE needs a non-empty t/h/w section each
     if head_dim % 2 or head_dim < min_head_dim:
         raise ValueError(
-            f"head dim hidden_size/num_attention_heads = {head_dim} must be even and >= {min_head_dim} for {family!r}"
+            f"head dim hidden_size/num_attention_heads = {head_dim} must be even and >= {min_head_dim} "
+            f"for {family!r}"
         )
 
 
@@ -266,6 +284,8 @@ def _set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 
 
 def _count_visual_tokens(processor: ProcessorMixin) -> int:
-    """Count placeholders the processor emits for the reference image: the ground truth, whatever the family."""
-    batch = processor(images=[random_image(0, REFERENCE_IMAGE_SIZE)], text=[processor.image_token], return_tensors="pt")
+    """Placeholders the processor emits for the reference image: ground truth for every family."""
+    batch = processor(
+        images=[random_image(0, REFERENCE_IMAGE_SIZE)], text=[processor.image_token], return_tensors="pt"
+    )
     return int((batch["input_ids"] == processor.image_token_id).sum())

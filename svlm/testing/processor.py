@@ -2,8 +2,8 @@
 
 LLaVA and LLaVA-NeXT use the real ``LlavaProcessor`` / ``LlavaNextProcessor`` with the PIL image processors.
 transformers' Qwen2-VL / Qwen2.5-VL processors insist on a video processor, which needs torchvision; the
-image-only subclasses below drop that argument and keep everything else (placeholder expansion, ``image_grid_thw``,
-``mm_token_type_ids``), so their output is what the real processors return for images.
+image-only subclasses below drop that argument and keep everything else (placeholder expansion,
+``image_grid_thw``, ``mm_token_type_ids``), so their output is what the real processors return for images.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 class _ImageOnlyQwenMixin:
-    """``__init__`` without ``video_processor``; ProcessorMixin derives its sub-processors from this signature."""
+    """``__init__`` without ``video_processor``: ProcessorMixin derives its sub-processors from it."""
 
     def __init__(
         self,

@@ -21,7 +21,8 @@ LLAVA_CHAT_TEMPLATE = (
     "{%- if message['content'] is string -%}"
     "{%- set texts = [message['content']] -%}{%- set n_images = 0 -%}"
     "{%- else -%}"
-    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
+    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | list -%}"
     "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
     "{%- endif -%}"
     "{%- if message['role'] == 'system' -%}{{ texts | join(' ') + ' ' }}"
@@ -38,11 +39,13 @@ LLAVA_NEXT_CHAT_TEMPLATE = (
     "{%- if message['content'] is string -%}"
     "{%- set texts = [message['content']] -%}{%- set n_images = 0 -%}"
     "{%- else -%}"
-    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
+    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | list -%}"
     "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
     "{%- endif -%}"
     "{%- if message['role'] == 'system' -%}{{ '<<SYS>>\n' + texts | join(' ') + '\n<</SYS>>\n\n' }}"
-    "{%- elif message['role'] == 'user' -%}{{ '[INST] ' + '<image>\n' * n_images + texts | join(' ') + ' [/INST]' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ '[INST] ' + '<image>\n' * n_images + texts | join(' ') + ' [/INST]' }}"
     "{%- else -%}{{ ' ' + texts | join(' ') + '</s>' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -84,7 +87,7 @@ _TEMPLATES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_tokenizer_json(style: str) -> str:
     """Train the BPE once per style; the serialized form is cached so every caller gets a fresh copy."""
     specials = list(_LLAMA_SPECIALS if style == "llama" else _QWEN_SPECIALS)

@@ -1,0 +1,1 @@
+"""Shipped YAML configs (installed as ``svlm.configs``): ``importlib.resources.files("svlm.configs")``."""

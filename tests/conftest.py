@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny offline models of every family, built once per session.
+
+Models from these fixtures are shared between tests: use them read-only (no weight edits, no hooks left
+behind). A test that must change a model builds its own with ``svlm.testing.tiny_vlm`` (fast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from svlm.testing import FAMILIES, TinyVLM, random_image, tiny_vlm
+
+# One intra-op thread: the tiny models gain little from more, and when several test processes share a small
+# machine, OpenMP threads waiting on each other make forward passes 10-50x slower.
+torch.set_num_threads(1)
+
+QUESTIONS = (
+    "What colour is the square in the top left corner?",
+    "How many blue blocks are there in the image? Answer with a single word.",
+)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_vlm() -> Callable[..., TinyVLM]:
+    """``make_tiny_vlm(family, **kwargs)``: a cached ``tiny_vlm``; equal arguments give the same object."""
+    cache: dict[tuple, TinyVLM] = {}
+
+    def make(family: str, **kwargs) -> TinyVLM:
+        key = (family, tuple(sorted(kwargs.items(), key=lambda item: item[0])))
+        if key not in cache:
+            cache[key] = tiny_vlm(family, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over every supported family."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(family: str, make_tiny_vlm: Callable[..., TinyVLM]) -> TinyVLM:
+    """The default tiny model of ``family`` (4 layers, width 64, float32, SDPA)."""
+    return make_tiny_vlm(family)
+
+
+@pytest.fixture(scope="session")
+def images() -> list:
+    """Two different images; the second is not square (variable token counts for llava_next and qwen)."""
+    return [random_image(1), random_image(2, size=(392, 280))]
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[str]:
+    """Two questions of different lengths, so a batch of two needs left padding."""
+    return list(QUESTIONS)

@@ -1,0 +1,62 @@
+"""User mistakes get a clear message naming the bad value and the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import svlm
+
+
+def test_unknown_strategy_suggests_a_name(tiny):
+    with pytest.raises(ValueError, match=r"Unknown strategy 'sparsevllm'.*Did you mean 'sparsevlm'.*dense"):
+        svlm.sparsify(tiny.model, "sparsevllm")
+
+
+def test_unknown_argument_lists_valid_ones(tiny):
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['budgte'\].*budget"):
+        svlm.sparsify(tiny.model, "fastv", budgte=64)
+
+
+def test_budget_larger_than_visual_tokens(tiny, images, questions):
+    sparse = svlm.sparsify(tiny.model, "random", budget=100_000)
+    with pytest.raises(svlm.BudgetError, match="budget=100000 is larger than the number of visual tokens"):
+        sparse(**tiny.inputs(images, questions))
+
+
+def test_non_positive_budget():
+    with pytest.raises(svlm.BudgetError, match="budget must be > 0"):
+        svlm.build_strategy("random", budget=0)
+
+
+def test_infeasible_budget_for_depth(tiny, images, questions):
+    sparse = svlm.sparsify(tiny.model, "fastv", budget=0.05, k=2)
+    with pytest.raises(svlm.BudgetError, match="cannot be met with pruning after layer 1"):
+        sparse(**tiny.inputs(images, questions))
+
+
+def test_pruning_layer_outside_model(tiny, images, questions):
+    sparse = svlm.sparsify(tiny.model, "random", budget=0.5, layer=7)
+    with pytest.raises(ValueError, match=r"Pruning layers \[7\] are outside this 4-layer model.*-1.*2"):
+        sparse(**tiny.inputs(images, questions))
+
+
+def test_unsupported_model():
+    with pytest.raises(ValueError, match="Unsupported model type"):
+        svlm.sparsify(torch.nn.Linear(2, 2), "dense")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @svlm.register_strategy("fastv")
+        class Another(svlm.Strategy):
+            pass
+
+
+def test_class_path_and_dict_configs(tiny):
+    by_path = svlm.build_strategy("svlm.strategies.fastv.FastV", budget=0.5)
+    by_dict = svlm.build_strategy({"class_path": "fastv", "init_args": {"budget": 0.5}})
+    assert type(by_path) is type(by_dict) and by_dict.budget == 0.5
+    with pytest.raises(ValueError, match="not a subclass of svlm.Strategy"):
+        svlm.build_strategy("torch.nn.Linear")
