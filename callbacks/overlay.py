@@ -1,4 +1,4 @@
-"""Images with the visual tokens each strategy kept, per pruning layer: a quick sanity check of what is pruned."""
+"""Images with the visual tokens each strategy kept, per pruning layer: a quick check of what is pruned."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def kept_grid(
     rows, cols = grid
     own = visual_positions[offset : offset + rows * cols].cpu()
     if own.numel() != rows * cols:
-        raise ValueError(f"grid {rows}x{cols} needs {rows * cols} visual tokens, the sample has {own.numel()}")
+        raise ValueError(
+            f"grid {rows}x{cols} needs {rows * cols} visual tokens, the sample has {own.numel()}"
+        )
     kept = torch.isin(own, kept_positions.cpu().long())
     return kept.reshape(rows, cols).numpy()
 
@@ -68,8 +70,9 @@ class KeptTokenOverlay(Callback):
 
     One PNG per (strategy point, sample) with one panel per pruning layer (layer 0 and each layer where the
     number of visual tokens changes): kept patches are shown as they are, dropped ones fade to white. Token
-    geometry comes from the family adapter (``visual_grids``); families whose tokens are not one plain grid per
-    image (LLaVA-NeXT anyres crops) are skipped with a logged reason. Points that prune nothing are skipped.
+    geometry comes from the family adapter (``visual_grids``); families whose tokens are not one plain grid
+    per image (LLaVA-NeXT anyres crops) are skipped with a logged reason. Points that prune nothing are
+    skipped.
 
     Args:
         num_samples: How many test samples (from the start of the test set) to draw.
@@ -180,7 +183,10 @@ class KeptTokenOverlay(Callback):
         import matplotlib.pyplot as plt
 
         counts = list(report.visual_tokens[sample])
-        maps = [(layer, kept_grid(positions, report.positions(layer, sample), grid)) for layer in range(len(counts))]
+        maps = [
+            (layer, kept_grid(positions, report.positions(layer, sample), grid))
+            for layer in range(len(counts))
+        ]
         if all(m.all() for _, m in maps):
             return False  # nothing pruned: nothing to show
         layers = pruning_layers(counts, self.max_layers)

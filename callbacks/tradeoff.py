@@ -23,9 +23,12 @@ def _finite(value: Any) -> bool:
 
 
 def pareto_front(
-    points: Sequence[Mapping[str, Any]], x: str = "prefill_flops", y: str = "accuracy", maximize_y: bool = True
+    points: Sequence[Mapping[str, Any]],
+    x: str = "prefill_flops",
+    y: str = "accuracy",
+    maximize_y: bool = True,
 ) -> list[int]:
-    """Indices of the points not dominated by any other: lower ``x`` (cost) and higher ``y`` (quality) are better.
+    """Indices of the points no other point dominates: lower ``x`` (cost), higher ``y`` (quality) is better.
 
     A point is dominated when another is at least as good on both axes and strictly better on one; identical
     points do not dominate each other. Points with a missing or non-finite coordinate are never on the front.
@@ -33,7 +36,9 @@ def pareto_front(
     """
     sign = 1.0 if maximize_y else -1.0
     coords = [
-        (i, float(p[x]), sign * float(p[y])) for i, p in enumerate(points) if _finite(p.get(x)) and _finite(p.get(y))
+        (i, float(p[x]), sign * float(p[y]))
+        for i, p in enumerate(points)
+        if _finite(p.get(x)) and _finite(p.get(y))
     ]
     front = [
         (px, i)
@@ -98,7 +103,9 @@ def plot_tradeoff(
                         color=colors[strategy],
                     )
         for i, p in enumerate(dense):
-            ax.axhline(p[metric], color="black", linestyle="--", linewidth=1, label="dense" if i == 0 else None)
+            ax.axhline(
+                p[metric], color="black", linestyle="--", linewidth=1, label="dense" if i == 0 else None
+            )
             if _finite(p.get(xkey)):
                 ax.plot([p[xkey]], [p[metric]], marker="*", markersize=14, color="black", linestyle="none")
         front = [usable[i] for i in pareto_front(usable, x=xkey, y=metric, maximize_y=maximize)]
@@ -139,9 +146,9 @@ def plot_tradeoff(
 class TradeoffCurve(Callback):
     """Write the trade-off of all evaluated strategy points: ``tradeoff.csv``, ``tradeoff.json`` and a PNG.
 
-    Reads ``pl_module.points`` (one dict per strategy point, see :class:`svlm.module.VLMEvaluator`) at the end of
-    ``test`` and after each validation run during ``fit``. Files are written atomically, so an interrupted run
-    never leaves a truncated table.
+    Reads ``pl_module.points`` (one dict per strategy point, see :class:`svlm.module.VLMEvaluator`) at the end
+    of ``test`` and after each validation run during ``fit``. Files are written atomically, so an interrupted
+    run never leaves a truncated table.
 
     Args:
         dirpath: Folder for the files. Defaults to the trainer's ``default_root_dir`` (e.g. ``results/demo``).
@@ -152,7 +159,11 @@ class TradeoffCurve(Callback):
     """
 
     def __init__(
-        self, dirpath: str | None = None, filename: str = "tradeoff", metric: str = "accuracy", plot: bool = True
+        self,
+        dirpath: str | None = None,
+        filename: str = "tradeoff",
+        metric: str = "accuracy",
+        plot: bool = True,
     ) -> None:
         self.dirpath = dirpath
         self.filename = filename

@@ -118,15 +118,17 @@ def _is_bench_config(data: Any) -> bool:
     """A bench config has only `bench()` options at the top (its ``model`` is a string, not a section)."""
     if not isinstance(data, Mapping) or not data:
         return False
-    return set(data) <= set(inspect.signature(bench).parameters) and not isinstance(data.get("model"), Mapping)
+    return set(data) <= set(inspect.signature(bench).parameters) and not isinstance(
+        data.get("model"), Mapping
+    )
 
 
 def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
     """Parse a shipped YAML through the same parser the CLI uses, raising on any error; nothing is loaded.
 
-    ``subcommand`` is ``test`` (default), another LightningCLI subcommand, or ``bench``; when omitted, a config
-    of only ``svlm bench`` options is parsed as ``bench``. Unknown keys, bad types, unknown strategies and bad
-    strategy arguments raise. Returns the parsed namespace.
+    ``subcommand`` is ``test`` (default), another LightningCLI subcommand, or ``bench``; when omitted, a
+    config of only ``svlm bench`` options is parsed as ``bench``. Unknown keys, bad types, unknown strategies
+    and bad strategy arguments raise. Returns the parsed namespace.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,7 +159,9 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     return "\n".join([line(head), *(line(b) for b in body)])
 
@@ -298,7 +302,9 @@ def bench(
         row["prefill_speedup"] = rows[0]["prefill_latency_s"] / row["prefill_latency_s"]
         row["generate_speedup"] = rows[0]["generate_latency_s"] / row["generate_latency_s"]
     device_name = next(evaluator.vlm.parameters()).device
-    print(f"svlm bench: {model} ({evaluator.family}) on {device_name}, batch {batch_size}, {max_new_tokens} new tokens")
+    print(
+        f"svlm bench: {model} ({evaluator.family}) on {device_name}, batch {batch_size}, {max_new_tokens} new"
+    )
     print(
         _table(
             rows,
@@ -316,7 +322,9 @@ def bench(
         )
     )
     if output is not None:
-        atomic_write_json(output, {"model": model, "batch_size": batch_size, "device": str(device_name), "rows": rows})
+        atomic_write_json(
+            output, {"model": model, "batch_size": batch_size, "device": str(device_name), "rows": rows}
+        )
         print(f"results: {Path(output).resolve()}")
     return rows
 

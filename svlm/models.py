@@ -1,4 +1,4 @@
-"""Loading vision-language models and their processors by name: hub ids, local folders, or ``tiny:<family>``."""
+"""Load vision-language models and their processors by name: hub ids, local folders, ``tiny:<family>``."""
 
 from __future__ import annotations
 
@@ -154,9 +154,13 @@ def load_vlm(
         kwargs["attn_implementation"] = attn_implementation
     if device.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
         kwargs.setdefault("device_map", str(device))  # load straight onto the GPU
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, config=config, dtype=torch_dtype, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(
+        name_or_path, config=config, dtype=torch_dtype, **kwargs
+    )
     model = model.to(device)
-    processor = AutoProcessor.from_pretrained(name_or_path, **{**from_pretrained_kwargs, **(processor_kwargs or {})})
+    processor = AutoProcessor.from_pretrained(
+        name_or_path, **{**from_pretrained_kwargs, **(processor_kwargs or {})}
+    )
     if not hasattr(processor, "image_processor"):
         raise ValueError(
             f"{name_or_path!r} has no multimodal processor (AutoProcessor gave {type(processor).__name__}); "

@@ -31,13 +31,13 @@ class StrategyPoint:
         budget: Target mean number of visual tokens entering each decoder layer; a list expands into one point
             per value. Unset for ``dense``.
         label: Name of the point in tables, logs and plots (default ``<strategy>-<budget>``).
-        init_args: Further keyword arguments of the strategy (its paper's own hyper-parameters).
+        kwargs: Further keyword arguments of the strategy (its paper's own hyper-parameters).
     """
 
     strategy: str = "dense"
     budget: float | list[float] | None = None
     label: str | None = None
-    init_args: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_point(spec: str | StrategyPoint | Mapping[str, Any]) -> StrategyPoint:
@@ -50,14 +50,14 @@ def _as_point(spec: str | StrategyPoint | Mapping[str, Any]) -> StrategyPoint:
         for alias in ("name", "class_path"):
             if alias in spec:
                 spec["strategy"] = spec.pop(alias)
-        init_args = {**spec.pop("init_args", {}), **spec.pop("kwargs", {})}
+        kwargs = {**spec.pop("init_args", {}), **spec.pop("kwargs", {})}
         unknown = set(spec) - {"strategy", "budget", "label"}
         if unknown:
             raise ValueError(
                 f"Unknown keys {sorted(unknown)} in strategy point {spec}; "
-                "valid keys: strategy (or name/class_path), budget, label, init_args."
+                "valid keys: strategy (or name/class_path), budget, label, kwargs."
             )
-        return StrategyPoint(init_args=init_args, **spec)
+        return StrategyPoint(kwargs=kwargs, **spec)
     raise TypeError(f"A strategy point must be a name, a dict or a StrategyPoint, got {type(spec).__name__}.")
 
 
@@ -78,7 +78,7 @@ def expand_points(specs: Sequence[str | StrategyPoint | Mapping[str, Any]]) -> l
             label = point.label or _label(point.strategy, budget)
             if point.label and len(budgets) > 1:
                 label = f"{point.label}-{budget:g}"
-            points.append(StrategyPoint(point.strategy, budget, label, dict(point.init_args)))
+            points.append(StrategyPoint(point.strategy, budget, label, dict(point.kwargs)))
     seen: dict[str, int] = {}
     for p in points:
         seen[p.label] = seen.get(p.label, 0) + 1
@@ -92,7 +92,7 @@ def build_point_strategy(point: StrategyPoint) -> Any:
     """Build the :class:`svlm.Strategy` of a point; bad names or arguments raise ``ValueError``."""
     import svlm
 
-    kwargs = dict(point.init_args)
+    kwargs = dict(point.kwargs)
     if point.budget is not None:
         kwargs["budget"] = point.budget
     try:
@@ -152,6 +152,20 @@ def _safe_div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+#: Per-point numbers sent to the logger (everything, incl. per-category metrics, goes to tradeoff.csv).
+LOGGED_KEYS: frozenset[str] = frozenset(
+    {
+        "budget",
+        "budget_output",
+        "prefill_tflops",
+        "flops_ratio",
+        "accuracy",
+        "relative_accuracy",
+        "prefill_latency_s",
+        "generate_latency_s",
+    }
+)
+
 #: Headline metric of each benchmark family, in order of preference (papers report POPE F1, MME perception).
 MAIN_METRICS: tuple[str, ...] = ("exact_match", "vqa_accuracy", "mc_accuracy", "pope_f1", "mme_perception")
 
@@ -165,9 +179,9 @@ class VLMEvaluator(pl.LightningModule):
     generate). At the end of ``test`` the results are in :attr:`points`, one dict per strategy point.
 
     Args:
-        model: Hugging Face id, local folder, or ``tiny:<family>`` (offline random model; see ``svlm.models``).
+        model: Hugging Face id, local folder, or ``tiny:<family>`` (offline random model, ``svlm.models``).
         strategies: Strategy points: names (``dense``), or dicts with ``strategy`` (name or class path),
-            ``budget`` (number or list of numbers), ``label`` and ``init_args``.
+            ``budget`` (number or list of numbers), ``label`` and ``kwargs``.
         dtype: Weights dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16``, ``float32``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         max_new_tokens: Greedy decoding length limit.
@@ -371,7 +385,9 @@ class VLMEvaluator(pl.LightningModule):
                 self.point_metrics.append(metric_for(benchmark).to(device))
         return self.point_metrics
 
-    def _update(self, i: int, batch: Mapping[str, Any], answers: list[str], report: Any, timing: dict) -> None:
+    def _update(
+        self, i: int, batch: Mapping[str, Any], answers: list[str], report: Any, timing: dict
+    ) -> None:
         from svlm.metrics import update_from_batch
 
         update_from_batch(self._metrics(batch)[i], answers, batch)
@@ -412,24 +428,16 @@ class VLMEvaluator(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.points = self.compute_points()
-        scalars = {}
-        for p in self.points:
-            for key, value in p.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    scalars[f"{p['label']}/{key}"] = float(value)
+        scalars = {
+            f"{p['label']}/{key}": float(value)
+            for p in self.points
+            for key, value in p.items()
+            if (key in LOGGED_KEYS or (key.startswith("metric/") and key.count("/") == 1))
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+        }
         if scalars:
             self.log_dict(scalars, sync_dist=False, rank_zero_only=True)
-        for p in self.points:
-            log.info(
-                "%-20s budget %7.1f (out %7.1f)  %.3f TFLOPs (%.0f%%)  %s=%.4f",
-                p["label"],
-                p["budget"],
-                p["budget_output"],
-                p["prefill_tflops"],
-                100 * p["flops_ratio"],
-                p.get("main_metric"),
-                p.get("accuracy", math.nan),
-            )
 
     def compute_points(self) -> list[dict[str, Any]]:
         """One summary dict per strategy point from the accumulated metrics and statistics."""
@@ -462,7 +470,7 @@ class VLMEvaluator(pl.LightningModule):
                 "batches": int(s["batches"]),
                 "model": self.model_name,
                 "benchmark": self.benchmark,
-                "init_args": dict(cfg.init_args),
+                "kwargs": dict(cfg.kwargs),
             }
             point.update({f"metric/{k}": v for k, v in values.items()})
             points.append(point)
@@ -478,7 +486,9 @@ class VLMEvaluator(pl.LightningModule):
         """The headline metric: ``main_metric`` if set, else the first of ``MAIN_METRICS`` present."""
         if self.main_metric:
             if values and self.main_metric not in values:
-                raise ValueError(f"main_metric {self.main_metric!r} is not among the metrics {sorted(values)}.")
+                raise ValueError(
+                    f"main_metric {self.main_metric!r} is not among the metrics {sorted(values)}."
+                )
             return self.main_metric
         return next((k for k in MAIN_METRICS if k in values), next(iter(values), None))
 

@@ -52,7 +52,9 @@ class Report:
         strategy: str,
         input_ids: torch.Tensor,
         inputs: dict[str, Any] | None = None,
+        overhead_flops: float = 0.0,
     ) -> None:
+        self.overhead_flops = overhead_flops
         self.info = info
         self.config = config
         self.strategy = strategy
@@ -127,7 +129,7 @@ class Report:
                     d.scoring_rows / self.batch_size, d.scoring_keys, self.info.num_heads, self.info.head_dim
                 )
                 for d in self.decisions
-            )
+            ) + self.overhead_flops / self.batch_size
             per_layer = self._tokens[b].tolist()
             n = int(self._prompt_tokens[b])
             vision = self._vision[b]

@@ -1,9 +1,9 @@
 """Atomic writing of result files.
 
 A long evaluation that is killed (time limit, OOM, Ctrl-C) while writing must never leave a half-written
-``tradeoff.csv`` behind that a later plot or table silently reads. Every result file is therefore written to a
-temporary file in the same directory and moved into place with :func:`os.replace`, which is atomic on POSIX and
-Windows: readers see either the old file or the complete new one.
+``tradeoff.csv`` behind that a later plot or table silently reads. Every result file is therefore written to
+a temporary file in the same directory and moved into place with :func:`os.replace`, which is atomic on POSIX
+and Windows: readers see either the old file or the complete new one.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ POINT_COLUMNS: tuple[str, ...] = (
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, on an error it is removed.
+    """Open a temporary file next to ``path``: a clean exit moves it onto ``path``, an error deletes it.
 
     ``mode`` is ``"w"`` (text) or ``"wb"`` (binary). Parent directories are created.
     """
@@ -90,7 +90,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def jsonable(obj: Any) -> Any:
-    """Convert tensors, numpy scalars, paths and non-finite floats into strict-JSON values (NaN/inf -> None)."""
+    """Tensors, numpy values, paths and non-finite floats -> strict-JSON values (NaN/inf -> None)."""
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):

@@ -52,7 +52,11 @@ def test_splits_use_disjoint_streams(test_set):
     assert val[0]["id"].startswith("shapes-val-")
     scenes = [{_key(r) for r in ds} for ds in (train, val, test_set)]
     # identical (question, scene) pairs across splits would be a coincidence of independent draws
-    assert len(scenes[0] & scenes[2]) <= 2 and len(scenes[1] & scenes[2]) <= 2 and len(scenes[0] & scenes[1]) <= 2
+    assert (
+        len(scenes[0] & scenes[2]) <= 2
+        and len(scenes[1] & scenes[2]) <= 2
+        and len(scenes[0] & scenes[1]) <= 2
+    )
     assert not np.array_equal(np.asarray(train[0]["image"]), np.asarray(test_set[0]["image"]))
 
 
@@ -131,7 +135,10 @@ def test_generation_is_fast():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"split": "holdout"}, r"unknown svlm-shapes split 'holdout'; valid splits: \['test', 'train', 'val'\]"),
+        (
+            {"split": "holdout"},
+            r"unknown svlm-shapes split 'holdout'; valid splits: \['test', 'train', 'val'\]",
+        ),
         ({"num_samples": 0}, "num_samples must be >= 1"),
         ({"image_size": 16}, "image_size must be >= 32"),
         ({"shape_scale": 0.5}, "shape_scale must be in"),

@@ -6,6 +6,7 @@ Builds from a copy of the sources so stale ``build/`` output in the checkout can
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ SHIPPED_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".txt", ".safetensors", ".t
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for item in ROOT.iterdir():
         if item.is_file():
@@ -38,7 +39,12 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"wheel build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    (wheel,) = out.glob("svlm-*.whl")
+    (built,) = out.glob("svlm-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as zf:
         return set(zf.namelist())
 
@@ -89,6 +95,27 @@ def test_console_script(wheel_names):
 
     scripts = {ep.name: ep.value for ep in installed(group="console_scripts") if ep.name == "svlm"}
     assert scripts == {"svlm": "svlm.cli:main"}
+
+
+def test_wheel_imports(wheel: Path, tmp_path: Path):
+    """Unpacked (= installed) wheel: the mapped packages import from inside svlm/, configs are resources."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    code = (
+        "import importlib.resources, svlm.calibrate, svlm.callbacks, svlm.configs;"
+        "print(svlm.calibrate.__file__); print(svlm.callbacks.__file__);"
+        "print(importlib.resources.files('svlm.configs').joinpath('__init__.py').is_file())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    calibrate, callbacks, has_configs = result.stdout.split()
+    assert Path(calibrate) == site / "svlm" / "calibrate" / "__init__.py"
+    assert Path(callbacks) == site / "svlm" / "callbacks" / "__init__.py"
+    assert has_configs == "True"
 
 
 @pytest.mark.parametrize("module", ["svlm.calibrate", "svlm.callbacks", "svlm.configs"])

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from svlm.results import atomic_open, atomic_write_csv, atomic_write_json, atomic_write_text, csv_columns, jsonable
+from svlm.results import (
+    atomic_open,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    csv_columns,
+    jsonable,
+)
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -42,4 +49,7 @@ def test_csv_rows_and_columns(tmp_path):
     path = atomic_write_csv(tmp_path / "t.csv", rows, csv_columns(rows, first=("label",)))
     with open(path) as f:
         got = list(csv.DictReader(f))
-    assert got == [{"label": "", "b": "1", "a": "", "c": ""}, {"label": "x", "b": "", "a": "2.5", "c": "[1, 2]"}]
+    assert got == [
+        {"label": "", "b": "1", "a": "", "c": ""},
+        {"label": "x", "b": "", "a": "2.5", "c": "[1, 2]"},
+    ]

@@ -351,9 +351,11 @@ def load_benchmark(
     if source is None:
         raise DataError(f"benchmark {spec.name!r} has no default source; pass path=")
     config = config if config is not None else spec.config
-    raw = load_split(source, split, config, cache_dir=cache_dir)
-    raw = _subset(raw, limit, seed)
-    if len(raw) == 0:
+    try:
+        raw = _subset(load_split(source, split, config, cache_dir=cache_dir), limit, seed)
+    except EmptyDatasetError:
+        raw = None
+    if raw is None or len(raw) == 0:
         raise EmptyDatasetError(f"{spec.name} split {split!r} from {source!r} has no samples")
     ds = BenchmarkDataset(spec, raw, split, source=str(source))
     if spec.extra.get("image_config") and "image" not in raw.column_names:

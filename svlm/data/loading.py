@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from svlm.data.schema import DataError, SplitNotFoundError
+from svlm.data.schema import DataError, EmptyDatasetError, SplitNotFoundError
 
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 
@@ -73,7 +73,7 @@ def load_split(
     if p.is_file():
         if p.suffix not in _BUILDERS:
             raise DataError(f"unsupported data file {path!r}; expected one of {sorted(_BUILDERS)}")
-        return datasets.load_dataset(_builder([path]), data_files=[path], split="train", cache_dir=cache_dir)
+        return _load_files({"train": [path]}, "train", cache_dir)
     if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
         loaded = datasets.load_from_disk(str(p))
         return _pick(loaded, split, path) if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -89,8 +89,17 @@ def load_split(
         raise DataError(f"no data files ({', '.join(sorted(_BUILDERS))}) found under {str(p)!r}")
     if split not in groups:
         raise SplitNotFoundError(f"split {split!r} not found in {str(p)!r}; valid splits: {sorted(groups)}")
-    files = groups[split]
-    return datasets.load_dataset(_builder(files), data_files={split: files}, split=split, cache_dir=cache_dir)
+    return _load_files({split: groups[split]}, split, cache_dir)
+
+
+def _load_files(data_files: dict[str, list[str]], split: str, cache_dir: str | None) -> datasets.Dataset:
+    files = data_files[split]
+    try:
+        return datasets.load_dataset(_builder(files), data_files=data_files, split=split, cache_dir=cache_dir)
+    except ValueError as e:
+        if "corresponds to no data" in str(e):  # datasets' wording for a split with zero rows
+            raise EmptyDatasetError(f"split {split!r} in {files[0]!r} has no rows") from None
+        raise
 
 
 def _load_hub(name: str, split: str, config: str | None, cache_dir: str | None) -> datasets.Dataset:

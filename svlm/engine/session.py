@@ -126,6 +126,7 @@ class PruningSession:
                 strategy=repr(self.strategy),
                 input_ids=self.ctx.input_ids,
                 inputs=self.call_inputs,
+                overhead_flops=self.ctx.overhead_flops,
             )
         )
         self.prefill = False

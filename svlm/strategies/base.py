@@ -40,6 +40,7 @@ class PrefillContext:
     inputs: dict[str, Any]  # the model inputs of this call (pixel_values, image_grid_thw, ...)
     generator: torch.Generator | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
+    overhead_flops: float = 0.0  # FLOPs a strategy spends outside the layers (added to the report's scoring)
 
     @property
     def num_visual(self) -> torch.Tensor:

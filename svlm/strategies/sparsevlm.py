@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
+from svlm.engine.scoring import rows_from_mask
+from svlm.engine.sequence import gather_rows
 from svlm.strategies.base import (
     BudgetError,
     LayerView,
@@ -60,29 +62,40 @@ def scale_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(set(scaled))
 
 
-def select_raters(embeds: torch.Tensor, visual: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Bool [b, n]: text tokens after the image whose visual relevance is above their mean."""
+def select_raters(embeds: torch.Tensor, visual: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Bool [b, n]: text tokens after the image whose visual relevance is above their mean.
+
+    Only the [visual x text] block is computed. Also returns its FLOPs (for the report's overhead).
+    """
     slots = torch.arange(visual.shape[1], device=visual.device)
     last_visual = torch.where(visual, slots, -1).amax(-1, keepdim=True)
     text = valid & ~visual & (slots > last_visual)
+    v_idx, v_ok = rows_from_mask(visual & valid)
+    t_idx, t_ok = rows_from_mask(text)
     x = embeds.float()
-    logits = torch.matmul(x, x.transpose(1, 2))  # [b, n, n]; only visual rows x text columns are used
-    logits = logits.masked_fill(~text.unsqueeze(1), float("-inf"))
-    probs = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
-    weights = visual.float().unsqueeze(-1)
-    relevance = (probs * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [b, n] over text columns
-    mean = (relevance * text).sum(-1, keepdim=True) / text.sum(-1, keepdim=True).clamp_min(1)
-    raters = text & (relevance > mean)
+    v = gather_rows(x, v_idx)
+    t = gather_rows(x, t_idx)
+    logits = torch.matmul(v, t.transpose(1, 2))  # [b, n_visual, n_text]
+    logits = logits.masked_fill(~t_ok.unsqueeze(1), float("-inf"))
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0) * v_ok.unsqueeze(-1)
+    relevance = probs.sum(1) / v_ok.sum(-1, keepdim=True).clamp_min(1)  # [b, n_text]
+    mean = (relevance * t_ok).sum(-1, keepdim=True) / t_ok.sum(-1, keepdim=True).clamp_min(1)
+    chosen = t_ok & (relevance > mean)
+    raters = torch.zeros_like(text)
+    raters.scatter_(1, t_idx, chosen)
+    raters &= text
     # no text after the image (or all equal): fall back to every text token after it
-    return torch.where(raters.any(-1, keepdim=True), raters, text)
+    raters = torch.where(raters.any(-1, keepdim=True), raters, text)
+    flops = 2.0 * float((v_ok.sum(-1) * t_ok.sum(-1)).sum()) * x.shape[-1]
+    return raters, flops
 
 
 def attention_rank(probs: torch.Tensor, rtol: float | None = None) -> int:
     """Numerical rank of a [raters x visual] attention matrix (``rtol`` relative to the largest singular
-    value; ``None`` uses LAPACK's default ``max(m, n) * eps``)."""
+    value; ``None`` uses the float32 default ``max(m, n) * eps``, as the reference code does)."""
     if probs.numel() == 0:
         return 0
-    return int(torch.linalg.matrix_rank(probs.double(), rtol=rtol))
+    return int(torch.linalg.matrix_rank(probs.float(), rtol=rtol))
 
 
 def density_peak_clusters(features: torch.Tensor, num_clusters: int, knn: int = 5) -> torch.Tensor:
@@ -175,7 +188,8 @@ class SparseVLM(Strategy):
         return scale_layers(self.layers, ctx.info.num_layers)
 
     def prepare(self, ctx: PrefillContext) -> None:
-        ctx.scratch["raters"] = select_raters(ctx.inputs_embeds, ctx.visual, ctx.valid)
+        ctx.scratch["raters"], flops = select_raters(ctx.inputs_embeds, ctx.visual, ctx.valid)
+        ctx.overhead_flops += flops
         ctx.scratch["layers"] = self.prune_layers(ctx)
         if self.mode in ("budget", "preset", "counts"):
             ctx.scratch["schedule"] = self._schedule(ctx)
@@ -206,7 +220,7 @@ class SparseVLM(Strategy):
         info.update(kept=keep_count, target=target)
         if not self.recycle:
             return Selection(keep=keep, info=info)
-        merged, anchor, merged_valid = self._recycle(view, scores, keep)
+        merged, anchor, merged_valid = self._recycle(view, scores, keep, merged_counts)
         info["recycled"] = merged_valid.sum(-1)
         return Selection(keep=keep, merged=merged, merged_anchor=anchor, merged_valid=merged_valid, info=info)
 
@@ -267,38 +281,12 @@ class SparseVLM(Strategy):
         return torch.where(deleted > 0, torch.minimum(clusters, recycled), torch.zeros_like(deleted))
 
     def _recycle(
-        self, view: LayerView, scores: torch.Tensor, keep: torch.Tensor
+        self, view: LayerView, scores: torch.Tensor, keep: torch.Tensor, planned: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Merge the best-scored deleted tokens of each sample into density-peak cluster averages."""
-        b, _, d = view.hidden.shape
         deleted = view.visual & view.valid & ~keep
-        per_sample: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i in range(b):
-            idx = deleted[i].nonzero().squeeze(-1)
-            if idx.numel() == 0:
-                per_sample.append((view.hidden.new_zeros(0, d), idx))
-                continue
-            n_recycled = min(int(self.recycle_ratio * idx.numel()) + 1, idx.numel())
-            best = idx[torch.topk(scores[i, idx].float(), n_recycled).indices]
-            n_clusters = int(n_recycled * self.cluster_ratio) + 1
-            features = view.hidden[i, best]
-            assignment = density_peak_clusters(features, n_clusters, self.knn)
-            k = int(assignment.max()) + 1
-            sums = torch.zeros(k, d, dtype=torch.float32, device=features.device)
-            sums.index_add_(0, assignment, features.float())
-            sizes = torch.bincount(assignment, minlength=k).clamp_min(1).unsqueeze(-1)
-            # each merged token takes the position of its cluster's best-scored member
-            member_score = scores[i, best].float()
-            anchors = torch.stack([best[assignment == c][member_score[assignment == c].argmax()] for c in range(k)])
-            per_sample.append(((sums / sizes).to(view.hidden.dtype), anchors))
-        m = max(1, max(x[0].shape[0] for x in per_sample))
-        merged = view.hidden.new_zeros(b, m, d)
-        anchor = torch.zeros(b, m, dtype=torch.long, device=view.hidden.device)
-        valid = torch.zeros(b, m, dtype=torch.bool, device=view.hidden.device)
-        for i, (tokens, anchors) in enumerate(per_sample):
-            merged[i, : tokens.shape[0]] = tokens
-            anchor[i, : anchors.shape[0]] = anchors
-            valid[i, : tokens.shape[0]] = True
+        merged, anchor, valid, _ = recycle_tokens(
+            view.hidden, scores, deleted, self.recycle_ratio, self.cluster_ratio, self.knn, planned
+        )
         return merged, anchor, valid
 
     def extra_repr(self) -> str:
@@ -309,6 +297,54 @@ class SparseVLM(Strategy):
             "rank": f"rank_scale={self.rank_scale}, rank_bias={self.rank_bias}",
         }[self.mode]
         return f"{detail}, layers={self.layers}, recycle={self.recycle}"
+
+
+def recycle_tokens(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    deleted: torch.Tensor,
+    recycle_ratio: float = 0.3,
+    cluster_ratio: float = 0.1,
+    knn: int = 5,
+    max_clusters: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
+    """Merge the best-scored deleted tokens of each sample into density-peak cluster averages.
+
+    Of the ``deleted`` [b, n] slots, the top ``int(recycle_ratio * n_deleted) + 1`` by score are clustered
+    into ``int(n_recycled * cluster_ratio) + 1`` clusters; each cluster becomes the mean of its members'
+    hidden states and takes the position of its best-scored member. Returns ``merged`` [b, m, d], ``anchor``
+    [b, m] (slot whose position a merged token takes), ``valid`` [b, m] and the member slots of each cluster.
+    ``max_clusters`` [b] caps the clusters per sample (so that a schedule's token count is met exactly).
+    """
+    b, _, d = hidden.shape
+    per_sample: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+    for i in range(b):
+        idx = deleted[i].nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            per_sample.append((hidden.new_zeros(0, d), idx, []))
+            continue
+        n_recycled = min(int(recycle_ratio * idx.numel()) + 1, idx.numel())
+        best = idx[torch.topk(scores[i, idx].float(), n_recycled).indices]
+        n_clusters = int(n_recycled * cluster_ratio) + 1
+        if max_clusters is not None:
+            n_clusters = max(1, min(n_clusters, int(max_clusters[i])))
+        assignment = density_peak_clusters(hidden[i, best], n_clusters, knn)
+        k = int(assignment.max()) + 1
+        sums = torch.zeros(k, d, dtype=torch.float32, device=hidden.device)
+        sums.index_add_(0, assignment, hidden[i, best].float())
+        sizes = torch.bincount(assignment, minlength=k).clamp_min(1).unsqueeze(-1)
+        members = [best[assignment == c] for c in range(k)]
+        anchors = torch.stack([m[scores[i, m].float().argmax()] for m in members])
+        per_sample.append(((sums / sizes).to(hidden.dtype), anchors, members))
+    m = max(1, max(x[0].shape[0] for x in per_sample))
+    merged = hidden.new_zeros(b, m, d)
+    anchor = torch.zeros(b, m, dtype=torch.long, device=hidden.device)
+    valid = torch.zeros(b, m, dtype=torch.bool, device=hidden.device)
+    for i, (tokens, anchors, _) in enumerate(per_sample):
+        merged[i, : tokens.shape[0]] = tokens
+        anchor[i, : anchors.shape[0]] = anchors
+        valid[i, : tokens.shape[0]] = True
+    return merged, anchor, valid, [x[2] for x in per_sample]
 
 
 def _per_layer(value: float | Sequence[float] | None, step: int) -> float | None:

@@ -96,7 +96,16 @@ def test_tradeoff_writes_csv_json_png(tmp_path):
     header = list(rows[0])
     expected = [c for c in POINT_COLUMNS if c in header]
     assert header[: len(expected)] == expected  # fixed columns first, in order
-    for col in ("label", "strategy", "budget", "budget_output", "prefill_flops", "flops_ratio", "accuracy", "pareto"):
+    for col in (
+        "label",
+        "strategy",
+        "budget",
+        "budget_output",
+        "prefill_flops",
+        "flops_ratio",
+        "accuracy",
+        "pareto",
+    ):
         assert col in header
     assert "metric/exact_match" in header
     assert rows[0]["budget_target"] == ""  # None -> empty cell
