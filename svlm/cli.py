@@ -115,12 +115,10 @@ def _bench_parser() -> Any:
 
 
 def _is_bench_config(data: Any) -> bool:
-    """A bench config has only `bench()` options at the top (its ``model`` is a string, not a section)."""
+    """A bench config names its model with a string; LightningCLI configs have a ``model`` section."""
     if not isinstance(data, Mapping) or not data:
         return False
-    return set(data) <= set(inspect.signature(bench).parameters) and not isinstance(
-        data.get("model"), Mapping
-    )
+    return isinstance(data.get("model"), str) or set(data) <= set(inspect.signature(bench).parameters)
 
 
 def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
@@ -349,8 +347,8 @@ HELPERS: dict[str, Callable[[Sequence[str]], int]] = {"strategies": _cmd_strateg
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of the ``svlm`` console script and ``python -m svlm``."""
-    args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] in HELPERS:
-        return HELPERS[args[0]](args[1:])
-    SVLMCLI(args=args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in HELPERS:
+        return HELPERS[argv[0]](argv[1:])
+    SVLMCLI(args=None if args is None else argv)  # None: LightningCLI reads sys.argv itself
     return 0

@@ -196,3 +196,18 @@ def test_shapes_benchmark_samples():
     assert ds[-1]["id"] == ds[9]["id"]
     with pytest.raises(IndexError):
         ds[10]
+
+
+def test_jsonl_mirror_with_image_paths(tmp_path, cache):
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "img0.png")
+    (tmp_path / "test.jsonl").write_text(
+        '{"question_id": "q0", "question": "Is it red?", "answer": "yes", "image": "img0.png", '
+        '"category": "random", "image_source": "img0"}\n'
+    )
+    ds = load_benchmark("pope", str(tmp_path / "test.jsonl"), cache_dir=cache)
+    assert ds[0]["image"].size == (20, 10) and ds[0]["answers"] == ["yes"]
+    (tmp_path / "test.jsonl").write_text(
+        '{"question_id": "q1", "question": "?", "answer": "no", "image": "x.png"}\n'
+    )
+    with pytest.raises(DataError, match="cannot open image"):
+        load_benchmark("pope", str(tmp_path / "test.jsonl"), cache_dir=cache)[0]

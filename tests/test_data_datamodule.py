@@ -121,3 +121,10 @@ def test_trainer_consumes_plain_python_batches():
     (results,) = trainer.test(_OracleModule("shapes"), datamodule=dm, verbose=False)
     assert results["exact_match"] == 1.0
     assert {f"exact_match/{c}" for c in ("color", "shape", "count", "exist", "position")} <= set(results)
+
+
+def test_setup_without_stage_skips_a_missing_train_split(tmp_path):
+    path = write_benchmark_fixture("pope", tmp_path)
+    dm = VLMDataModule("pope", path=str(path), limit=3, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert len(dm.test_set) == 3 and not hasattr(dm, "train_set")

@@ -11,9 +11,11 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
+from PIL import Image
 from torch.utils.data import Dataset
 
 from svlm.data import shapes
@@ -88,7 +90,19 @@ class BenchmarkDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         i = i % len(self)
-        return self.spec.normalise(self.raw[i], i, self)
+        row = self.raw[i]
+        if isinstance(row.get("image"), str):  # jsonl/csv mirrors may store image paths
+            row["image"] = self._open_image(row["image"])
+        return self.spec.normalise(row, i, self)
+
+    def _open_image(self, path: str) -> Image.Image:
+        base = Path(self.source)
+        full = Path(path) if Path(path).is_absolute() else (base.parent if base.is_file() else base) / path
+        try:
+            with Image.open(full) as im:
+                return im.convert("RGB")
+        except OSError as e:
+            raise DataError(f"{self.spec.name}: cannot open image {str(full)!r}: {e}") from None
 
     def __repr__(self) -> str:
         name, n = self.spec.name, len(self)

@@ -122,11 +122,9 @@ class VLMDataModule(LightningDataModule):
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            if self.train_split is None:
-                raise DataError(
-                    f"benchmark {self.benchmark!r} has no default training split; pass train_split="
-                )
+        if stage == "fit" and self.train_split is None:
+            raise DataError(f"benchmark {self.benchmark!r} has no default training split; pass train_split=")
+        if stage in (None, "fit") and self.train_split is not None:
             self.train_set = self.dataset(self.train_split, self.train_limit)
         if stage in (None, "fit", "validate"):
             self.val_set = self.dataset(self.val_split, self.limit)

@@ -105,6 +105,11 @@ def _load_files(data_files: dict[str, list[str]], split: str, cache_dir: str | N
 def _load_hub(name: str, split: str, config: str | None, cache_dir: str | None) -> datasets.Dataset:
     try:
         return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
+    except (ConnectionError, FileNotFoundError) as e:
+        raise DataError(
+            f"could not load {name!r} from the Hugging Face Hub and it is not a local path ({e}). "
+            "Check the name, or download it and pass the local folder as path="
+        ) from e
     except ValueError as e:
         if "Unknown split" not in str(e) and "split" not in str(e).lower():
             raise

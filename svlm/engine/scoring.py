@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from svlm.engine.sequence import gather_rows
+from svlm.kernels.rows_attention import head_mean_rows_attention
 
 RotaryFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,8 +38,12 @@ def attention_rows(
     head_dim: int,
     scaling: float,
     rotary: RotaryFn,
+    reduce_heads: bool = False,
 ) -> torch.Tensor:
     """Softmax attention probabilities [b, heads, r, n] (float32) of the given rows.
+
+    With ``reduce_heads`` the result is the head mean [b, 1, r, n], computed by the Triton kernel on GPUs
+    (no per-head intermediate at all) or by PyTorch elsewhere.
 
     ``q`` [b, n, heads * d] and ``k`` [b, n, kv_heads * d] are the layer's projections before rotary
     embedding (as its ``q_proj``/``k_proj`` produced them); ``cos``/``sin`` [b, n, d] are the tables the layer
@@ -50,6 +55,9 @@ def attention_rows(
     q_rows = rotary(q_rows, gather_rows(cos, rows).float(), gather_rows(sin, rows).float())
     keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
     keys = rotary(keys, cos.float(), sin.float())
+    if reduce_heads:
+        probs = head_mean_rows_attention(q_rows, keys, rows, key_valid, scaling).unsqueeze(1)
+        return probs * rows_valid.view(b, 1, -1, 1)
     group = num_heads // num_kv_heads
     q_grouped = q_rows.reshape(b, num_kv_heads, group * q_rows.shape[2], head_dim)
     logits = torch.matmul(q_grouped, keys.transpose(-1, -2)).reshape(b, num_heads, -1, n) * scaling

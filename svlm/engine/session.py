@@ -279,6 +279,7 @@ class PruningSession:
             head_dim=self.info.head_dim,
             scaling=float(getattr(attn, "scaling", self.info.head_dim**-0.5)),
             rotary=self.adapter.apply_rotary,
+            reduce_heads=not self.strategy.needs_head_attention,
         )
 
     def _with_sequence(self, args: tuple, kwargs: dict, seq: TokenSequence) -> tuple[tuple, dict]:

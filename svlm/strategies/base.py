@@ -57,7 +57,8 @@ class LayerView:
     """The sequence leaving a pruning layer, as the strategy sees it.
 
     All tensors are per slot of the current (possibly already pruned, left-padded) sequence.
-    ``attention`` holds softmax probabilities [b, heads, rows, n] of the requested rows only.
+    ``attention`` holds softmax probabilities [b, heads, rows, n] of the requested rows only (heads = 1,
+    the head mean, unless the strategy's ``needs_head_attention`` is True).
     """
 
     layer: int
@@ -110,6 +111,12 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+
+    @property
+    def needs_head_attention(self) -> bool:
+        """True when :meth:`select` needs per-head attention rows; otherwise it gets their head mean
+        (``view.attention`` of shape [b, 1, r, n]), which the Triton kernel computes on GPUs."""
+        return False
 
     @property
     def drops_only(self) -> bool:

@@ -174,6 +174,10 @@ class SparseVLM(Strategy):
         return not self.recycle
 
     @property
+    def needs_head_attention(self) -> bool:
+        return self.gravity_correction or self.priority_heads is not None
+
+    @property
     def mode(self) -> str:
         if self.rank_scale is not None:
             return "rank"
