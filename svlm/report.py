@@ -124,12 +124,18 @@ class Report:
 
         sparse = dense = scoring = 0.0
         for b in range(self.batch_size):
-            score = sum(
-                flops.rows_scoring_flops(
-                    d.scoring_rows / self.batch_size, d.scoring_keys, self.info.num_heads, self.info.head_dim
+            score = (
+                sum(
+                    flops.rows_scoring_flops(
+                        d.scoring_rows / self.batch_size,
+                        d.scoring_keys,
+                        self.info.num_heads,
+                        self.info.head_dim,
+                    )
+                    for d in self.decisions
                 )
-                for d in self.decisions
-            ) + self.overhead_flops / self.batch_size
+                + self.overhead_flops / self.batch_size
+            )
             per_layer = self._tokens[b].tolist()
             n = int(self._prompt_tokens[b])
             vision = self._vision[b]

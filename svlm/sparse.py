@@ -28,7 +28,9 @@ class SparseModel:
         self.seed = seed
         self.last_report: Report | None = None
         self.reports: list[Report] = []
-        self._session = PruningSession(model, self.adapter, strategy, seed=seed)  # validates the attention impl
+        self._session = PruningSession(
+            model, self.adapter, strategy, seed=seed
+        )  # validates the attention impl
 
     # -- calls -----------------------------------------------------------------------------------------
     def __call__(self, **inputs: Any) -> Any:
@@ -72,7 +74,9 @@ class SparseModel:
 
     def _with_cache(self, inputs: dict[str, Any], required: bool = False) -> dict[str, Any]:
         if "input_ids" not in inputs:
-            raise ValueError("svlm needs `input_ids` (the visual tokens are located by their placeholder ids).")
+            raise ValueError(
+                "svlm needs `input_ids` (the visual tokens are located by their placeholder ids)."
+            )
         cache = inputs.get("past_key_values")
         if cache is None and (required or inputs.get("use_cache", True) is not False):
             inputs = {**inputs, "past_key_values": PrunedCache(config=self.model.config)}
@@ -98,7 +102,9 @@ class SparseModel:
         return f"SparseModel({type(self.model).__name__}, {self.strategy!r})"
 
 
-def sparsify(model: nn.Module, strategy: str | Strategy | dict[str, Any] = "dense", **kwargs: Any) -> SparseModel:
+def sparsify(
+    model: nn.Module, strategy: str | Strategy | dict[str, Any] = "dense", **kwargs: Any
+) -> SparseModel:
     """Wrap a transformers VLM so that its calls prune visual tokens with ``strategy``.
 
     ``strategy`` is a registered name (see :func:`svlm.available_strategies`), a ``package.module.Class``

@@ -89,7 +89,7 @@ class Adapter:
         return torch.isin(input_ids, ids)
 
     def apply_rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotary embedding as applied by the family's attention (``x``: [b, heads, n, d]; cos/sin: [b, n, d])."""
+        """Rotary embedding as the family's attention applies it (x: [b, heads, n, d]; cos/sin: [b, n, d])."""
         return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
     # -- geometry (for overlays and spatial strategies) -------------------------------------------

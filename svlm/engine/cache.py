@@ -33,4 +33,6 @@ class PrunedCache(DynamicCache):
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         kv_length, kv_offset = super().get_mask_sizes(query_length, layer_idx)
-        return kv_length + self._offset(layer_idx) if self.physical_length(layer_idx) else kv_length, kv_offset
+        return kv_length + self._offset(layer_idx) if self.physical_length(
+            layer_idx
+        ) else kv_length, kv_offset

@@ -39,7 +39,9 @@ def prefill_mask(valid: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Ten
     return _to_format(allowed.unsqueeze(1), fmt, dtype)
 
 
-def decode_mask(prompt_valid: torch.Tensor, past: int, q_len: int, fmt: str, dtype: torch.dtype) -> torch.Tensor:
+def decode_mask(
+    prompt_valid: torch.Tensor, past: int, q_len: int, fmt: str, dtype: torch.dtype
+) -> torch.Tensor:
     """Mask for ``q_len`` new tokens of a pruned layer whose cache holds ``past`` slots.
 
     The first ``prompt_valid.shape[1]`` cached slots are the layer's pruned prompt; the rest are generated

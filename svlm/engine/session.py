@@ -38,7 +38,9 @@ class InputError(ValueError):
 class PruningSession:
     """Hooks one strategy into one model for the duration of a ``with`` block."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, strategy: Strategy, *, seed: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, adapter: Adapter, strategy: Strategy, *, seed: int | None = None
+    ) -> None:
         self.model = model
         self.adapter = adapter
         self.strategy = strategy
@@ -230,12 +232,16 @@ class PruningSession:
         if rows is not None:
             view.rows, view.rows_valid = rows_from_mask(rows & seq.valid)
             view.attention = self._attention(idx, seq, view.rows, view.rows_valid)
-            view.recompute = lambda q=None, k=None: self._attention(idx, seq, view.rows, view.rows_valid, q, k)
+            view.recompute = lambda q=None, k=None: self._attention(
+                idx, seq, view.rows, view.rows_valid, q, k
+            )
         selection = self.strategy.select(self.ctx, view)
         if not isinstance(selection, Selection):
             raise TypeError(f"{type(self.strategy).__name__}.select must return a Selection.")
         keep = (selection.keep | ~seq.visual) & seq.valid
-        index, valid = plan_gather(seq, keep, selection.merged_valid if selection.merged is not None else None)
+        index, valid = plan_gather(
+            seq, keep, selection.merged_valid if selection.merged is not None else None
+        )
         new_seq, new_hidden = apply_plan(seq, hidden, index, valid, selection.merged, selection.merged_anchor)
         merged = 0 if selection.merged_valid is None else selection.merged_valid.sum(-1)
         self.decisions.append(
@@ -293,7 +299,9 @@ class PruningSession:
         return args, kwargs
 
     # -- decoding --------------------------------------------------------------------------------------
-    def _with_decode_mask(self, idx: int, seq: TokenSequence, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _with_decode_mask(
+        self, idx: int, seq: TokenSequence, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
         cache = kwargs.get("past_key_values")
         if cache is None:

@@ -39,7 +39,9 @@ def rows_attention_reference(
     group = h // keys.shape[1]
     q = q_rows.float().reshape(b, keys.shape[1], group * r, d)
     logits = torch.matmul(q, keys.float().transpose(-1, -2)).reshape(b, h, r, n) * scaling
-    allowed = (torch.arange(n, device=keys.device).view(1, 1, n) <= row_slots.unsqueeze(-1)) & key_valid.unsqueeze(1)
+    allowed = (
+        torch.arange(n, device=keys.device).view(1, 1, n) <= row_slots.unsqueeze(-1)
+    ) & key_valid.unsqueeze(1)
     logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
     return torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0).mean(1)
 
@@ -70,7 +72,11 @@ if triton is not None:
         for start in range(0, N, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             n_mask = offs_n < N
-            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            k = tl.load(
+                k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=n_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
             valid = tl.load(KEY_VALID + b * stride_vb + offs_n, mask=n_mask, other=0)
             allowed = n_mask & (valid != 0) & (offs_n <= slot)
             s = tl.sum(k * q[None, :], axis=1) * scaling
@@ -82,7 +88,11 @@ if triton is not None:
         for start in range(0, N, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             n_mask = offs_n < N
-            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            k = tl.load(
+                k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=n_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
             valid = tl.load(KEY_VALID + b * stride_vb + offs_n, mask=n_mask, other=0)
             allowed = n_mask & (valid != 0) & (offs_n <= slot)
             s = tl.sum(k * q[None, :], axis=1) * scaling

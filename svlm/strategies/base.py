@@ -76,7 +76,7 @@ class LayerView:
         return (self.visual & self.valid).sum(-1)
 
     def visual_scores(self) -> torch.Tensor:
-        """[b, n] mean attention (over heads and valid rows) that each token receives; -inf off visual slots."""
+        """[b, n] mean attention (over heads and valid rows) each token receives; -inf off visual slots."""
         if self.attention is None:
             raise RuntimeError(
                 f"Layer {self.layer}: attention was not computed; return a row mask from attention_rows()."
@@ -125,7 +125,9 @@ class Strategy:
 
     def __init__(self, budget: float | None = None) -> None:
         if budget is not None and not budget > 0:
-            raise BudgetError(f"budget must be > 0 (visual tokens per layer, or a fraction in (0, 1)); got {budget}.")
+            raise BudgetError(
+                f"budget must be > 0 (visual tokens per layer, or a fraction in (0, 1)); got {budget}."
+            )
         self.budget = budget
 
     # -- hooks ----------------------------------------------------------------------------------------

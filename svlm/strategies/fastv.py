@@ -6,7 +6,14 @@ import math
 
 import torch
 
-from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, keep_top_visual, schedule_counts
+from svlm.strategies.base import (
+    LayerView,
+    PrefillContext,
+    Selection,
+    Strategy,
+    keep_top_visual,
+    schedule_counts,
+)
 from svlm.strategies.registry import register_strategy
 
 
@@ -51,7 +58,9 @@ class FastV(Strategy):
         if self.budget is None:
             keep_count = torch.tensor([math.ceil(int(n) * (1 - self.ratio)) for n in n_visual])
         else:
-            counts = schedule_counts(ctx.info.num_layers, [self.k - 1], ctx.num_visual, self.target_tokens(ctx))
+            counts = schedule_counts(
+                ctx.info.num_layers, [self.k - 1], ctx.num_visual, self.target_tokens(ctx)
+            )
             keep_count = counts[:, 0]
         keep = keep_top_visual(view, view.visual_scores(), keep_count.to(n_visual.device))
         return Selection(keep=keep, info={"kept": keep_count})

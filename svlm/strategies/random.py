@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, keep_top_visual, schedule_counts
+from svlm.strategies.base import (
+    LayerView,
+    PrefillContext,
+    Selection,
+    Strategy,
+    keep_top_visual,
+    schedule_counts,
+)
 from svlm.strategies.registry import register_strategy
 
 

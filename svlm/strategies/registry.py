@@ -49,7 +49,9 @@ def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(strategy, Strategy):
         if kwargs:
-            raise ValueError(f"Got a Strategy instance and extra arguments {sorted(kwargs)}; pass one or the other.")
+            raise ValueError(
+                f"Got a Strategy instance and extra arguments {sorted(kwargs)}; pass one or the other."
+            )
         return strategy
     if isinstance(strategy, dict):
         spec = dict(strategy)
@@ -59,7 +61,9 @@ def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> 
         init = {**spec.pop("init_args", {}), **{k: v for k, v in spec.items() if k != "label"}}
         return build_strategy(path, **{**init, **kwargs})
     if not isinstance(strategy, str):
-        raise TypeError(f"strategy must be a name, a class path or a Strategy; got {type(strategy).__name__}.")
+        raise TypeError(
+            f"strategy must be a name, a class path or a Strategy; got {type(strategy).__name__}."
+        )
     cls = strategy_class(strategy)
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -67,6 +71,7 @@ def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> 
     if unknown and not accepts_any:
         valid = sorted(k for k in params if k != "self")
         raise ValueError(
-            f"Strategy {strategy!r} got unknown argument(s) {unknown}. Its arguments: {', '.join(valid) or 'none'}."
+            f"Strategy {strategy!r} got unknown argument(s) {unknown}. "
+            f"Its arguments: {', '.join(valid) or 'none'}."
         )
     return cls(**kwargs)

@@ -62,7 +62,9 @@ def scale_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return sorted(set(scaled))
 
 
-def select_raters(embeds: torch.Tensor, visual: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
+def select_raters(
+    embeds: torch.Tensor, visual: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, float]:
     """Bool [b, n]: text tokens after the image whose visual relevance is above their mean.
 
     Only the [visual x text] block is computed. Also returns its FLOPs (for the report's overhead).
@@ -164,7 +166,12 @@ class SparseVLM(Strategy):
         self.preset, self.version = preset, version
         self.counts = None if counts is None else [int(c) for c in counts]
         self.rank_scale, self.rank_bias, self.rank_rtol = rank_scale, rank_bias, rank_rtol
-        self.recycle, self.recycle_ratio, self.cluster_ratio, self.knn = recycle, recycle_ratio, cluster_ratio, knn
+        self.recycle, self.recycle_ratio, self.cluster_ratio, self.knn = (
+            recycle,
+            recycle_ratio,
+            cluster_ratio,
+            knn,
+        )
         self.gravity_correction, self.priority_heads = gravity_correction, priority_heads
         if self.mode == "preset" and self.preset is None:
             self.preset = 192
@@ -234,7 +241,9 @@ class SparseVLM(Strategy):
         layers = ctx.scratch["layers"]
         n_visual = ctx.num_visual
         if self.mode == "budget":
-            shape = self._shape_for(self.budget if self.budget >= 1 else self.budget * REFERENCE_VISUAL_TOKENS)
+            shape = self._shape_for(
+                self.budget if self.budget >= 1 else self.budget * REFERENCE_VISUAL_TOKENS
+            )
             shape = _fit(shape, len(layers))
             return schedule_counts(ctx.info.num_layers, layers, n_visual, self.target_tokens(ctx), shape)
         table = self.counts if self.mode == "counts" else PRESETS[self.version][self.preset]
@@ -252,7 +261,7 @@ class SparseVLM(Strategy):
         return table[nearest]
 
     def _head_weighted(self, view: LayerView) -> torch.Tensor:
-        """[b, r, n] attention averaged over heads (or over the priority heads), gravity-corrected if asked."""
+        """[b, r, n] attention averaged over heads (or the priority heads), gravity-corrected if asked."""
         attn = view.attention  # [b, h, r, n]
         if self.gravity_correction:
             ones = torch.ones(1, 1, 1, device=attn.device, dtype=torch.float32)

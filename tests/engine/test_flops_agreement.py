@@ -9,7 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import svlm
 
 
-@pytest.mark.parametrize("name,kwargs", [("dense", {}), ("fastv", {"budget": 0.6}), ("sparsevlm", {"budget": 0.6})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("dense", {}), ("fastv", {"budget": 0.6}), ("sparsevlm", {"budget": 0.6})]
+)
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 @torch.no_grad()
 def test_report_flops_match_flop_counter(make_tiny_vlm, images, questions, family, name, kwargs):

@@ -93,8 +93,12 @@ def test_generate_matches_oracle_at_every_step(tiny, images, questions, name):
     steps = torch.stack(out.logits, dim=1)
     suppressed = torch.tensor(sparse.adapter.visual_token_ids())
     steps[..., suppressed] = ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]][..., suppressed]
-    torch.testing.assert_close(steps, ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]], atol=1e-4, rtol=1e-4)
-    assert torch.equal(steps.index_fill(-1, suppressed, float("-inf")).argmax(-1), out.sequences[:, prompt_len:])
+    torch.testing.assert_close(
+        steps, ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]], atol=1e-4, rtol=1e-4
+    )
+    assert torch.equal(
+        steps.index_fill(-1, suppressed, float("-inf")).argmax(-1), out.sequences[:, prompt_len:]
+    )
     assert report.decode_steps == new - 1
 
 
@@ -125,7 +129,9 @@ def test_sampling_and_eos(tiny, images, questions):
     prompt = inputs["input_ids"].shape[1]
     first = int(greedy[0, prompt])
     pad = tiny.model.generation_config.pad_token_id
-    stopped = sparse.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=first, pad_token_id=pad)
+    stopped = sparse.generate(
+        **inputs, max_new_tokens=4, do_sample=False, eos_token_id=first, pad_token_id=pad
+    )
     assert int(stopped[0, prompt]) == first
     assert bool((stopped[0, prompt + 1 :] == pad).all())
 

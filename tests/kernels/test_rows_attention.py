@@ -35,7 +35,9 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed (pip install 'svlm[triton]')")
 def test_triton_kernel_matches_reference_in_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok" in result.stdout
 

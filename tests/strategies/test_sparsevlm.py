@@ -62,7 +62,10 @@ def test_rank_rule_sets_counts(tiny, images, questions):
     sparse = svlm.sparsify(tiny.model, "sparsevlm", rank_scale=2.0, rank_bias=1)
     sparse(**tiny.inputs(images, questions))
     for decision in sparse.last_report.decisions:
-        expected = [min(int(r * 2.0 + 1), before - 1) for r, before in zip(decision.info["rank"], decision.visual_before.tolist())]
+        expected = [
+            min(int(r * 2.0 + 1), before - 1)
+            for r, before in zip(decision.info["rank"], decision.visual_before.tolist(), strict=True)
+        ]
         assert decision.visual_after.tolist() == expected
 
 
@@ -93,7 +96,9 @@ def test_recycled_tokens_are_cluster_averages():
     deleted = torch.zeros(2, 30, dtype=torch.bool)
     deleted[0, 5:25] = True
     deleted[1, 10:14] = True
-    merged, anchor, valid, members = recycle_tokens(hidden, scores, deleted, recycle_ratio=0.5, cluster_ratio=0.3)
+    merged, anchor, valid, members = recycle_tokens(
+        hidden, scores, deleted, recycle_ratio=0.5, cluster_ratio=0.3
+    )
     for b in range(2):
         n_recycled = int(0.5 * int(deleted[b].sum())) + 1
         assert sum(len(m) for m in members[b]) == n_recycled
@@ -131,7 +136,9 @@ def test_sparsevlm_plus_options_change_scores_but_stay_exact(tiny, images, quest
     report = plus.last_report
     assert report.visual_tokens == plain.last_report.visual_tokens
     last = report.info.num_layers - 1
-    assert any(not torch.equal(report.positions(last, b), plain.last_report.positions(last, b)) for b in range(2))
+    assert any(
+        not torch.equal(report.positions(last, b), plain.last_report.positions(last, b)) for b in range(2)
+    )
     ref = oracle_logits(tiny.model, inputs, report)
     for b in range(2):
         pos = report.positions(last, b)
@@ -139,7 +146,9 @@ def test_sparsevlm_plus_options_change_scores_but_stay_exact(tiny, images, quest
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match=r"No SparseVLM v2 preset for 100 tokens; valid: \[64, 96, 128, 192\]"):
+    with pytest.raises(
+        ValueError, match=r"No SparseVLM v2 preset for 100 tokens; valid: \[64, 96, 128, 192\]"
+    ):
         svlm.build_strategy("sparsevlm", preset=100)
     with pytest.raises(ValueError, match="Unknown SparseVLM version 'v3'"):
         svlm.build_strategy("sparsevlm", version="v3")
