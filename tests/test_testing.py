@@ -110,8 +110,10 @@ def test_bfloat16(family, images, questions):
 def test_dtype_keeps_weights():
     """Same seed, different dtype: the same weights up to rounding (dense comparisons across dtypes)."""
     w32 = tiny_vlm("llava", num_layers=1).model.lm_head.weight
-    w16 = tiny_vlm("llava", num_layers=1, dtype=torch.bfloat16).model.lm_head.weight
-    assert torch.equal(w32.to(torch.bfloat16), w16)
+    m16 = tiny_vlm("llava", num_layers=1, dtype=torch.bfloat16).model
+    assert torch.equal(w32.to(torch.bfloat16), m16.lm_head.weight)
+    assert m16.model.language_model.rotary_emb.inv_freq.dtype == torch.float32  # as from_pretrained leaves it
+    assert m16.config.text_config.dtype == torch.bfloat16
 
 
 def test_seed_determinism():
@@ -227,3 +229,31 @@ def test_random_image():
     assert random_image(0).size == REFERENCE_IMAGE_SIZE
     with pytest.raises(ValueError, match="positive"):
         random_image(0, size=(0, 10))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_processor_save_and_reload(family, make_tiny_vlm, images, questions, tmp_path):
+    """A saved tiny processor reloads into the same batch (qwen through the image-only class)."""
+    from transformers import AutoProcessor
+
+    from svlm.testing import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
+
+    tiny = make_tiny_vlm(family)
+    tiny.processor.save_pretrained(tmp_path)
+    loader = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor}
+    reloaded = loader.get(family, AutoProcessor).from_pretrained(tmp_path)
+    prompts = [tiny.prompt(q) for q in questions]
+    assert (
+        reloaded.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[0]}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        == prompts[0]
+    )
+    assert reloaded.tokenizer.padding_side == "left"
+    expected = tiny.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    got = reloaded(images=images, text=prompts, padding=True, return_tensors="pt")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])

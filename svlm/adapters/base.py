@@ -92,6 +92,16 @@ class Adapter:
         """Rotary embedding as the family's attention applies it (x: [b, heads, n, d]; cos/sin: [b, n, d])."""
         return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
+    # -- vision encoder (for strategies that read its attention) ------------------------------------
+    def vision_attention(self, layer: int) -> nn.Module:
+        """The attention module of vision-encoder layer ``layer`` (negative counts from the end)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no vision-encoder attention.")
+
+    def cls_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Head-mean attention [images, visual tokens per image] of the encoder's CLS token to the patch
+        tokens that become visual tokens, from the layer's captured ``q_proj``/``k_proj`` outputs."""
+        raise NotImplementedError(f"{self.family} has no CLS token in its vision encoder.")
+
     # -- geometry (for overlays and spatial strategies) -------------------------------------------
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
         """(rows, cols) of each image's visual tokens of one sample, in sequence order."""

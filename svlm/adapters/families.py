@@ -16,6 +16,31 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
 
+    def vision_attention(self, layer: int) -> torch.nn.Module:
+        tower = self.model.model.vision_tower
+        tower = getattr(tower, "vision_model", tower)  # CLIPVisionModel wraps a CLIPVisionTransformer or not
+        return tower.encoder.layers[layer].self_attn
+
+    def feature_layer(self) -> int:
+        """Index (from 0) of the encoder layer whose output LLaVA feeds to the projector."""
+        feature = self.config.vision_feature_layer
+        if not isinstance(feature, int):
+            raise NotImplementedError("CLS attention with several vision feature layers is not supported.")
+        num = self.config.vision_config.num_hidden_layers
+        return feature - 1 if feature > 0 else num + feature
+
+    def cls_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn = self.vision_attention(layer)
+        heads, dim = attn.num_heads, attn.head_dim
+        images, tokens, _ = k.shape
+        q_cls = q[:, :1].view(images, 1, heads, dim).transpose(1, 2).float()
+        keys = k.view(images, tokens, heads, dim).transpose(1, 2).float()
+        probs = torch.softmax(torch.matmul(q_cls, keys.transpose(-1, -2)) * attn.scale, dim=-1)
+        probs = probs.mean(1)[:, 0]  # [images, tokens]
+        if self.config.vision_feature_select_strategy == "default":
+            probs = probs[:, 1:]
+        return probs
+
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
         n = int(self.visual_mask(inputs["input_ids"][sample : sample + 1]).sum())
         side = math.isqrt(n)

@@ -61,6 +61,7 @@ class PruningSession:
         self.current: TokenSequence | None = None
         self.original: TokenSequence | None = None
         self.captured: dict[int, dict[str, torch.Tensor]] = {}
+        self.vision_captured: dict[int, dict[str, torch.Tensor]] = {}
         self.decisions: list[LayerDecision] = []
         self.step_masks: dict[tuple[int, int, int], torch.Tensor] = {}
         self.decode_steps = 0
@@ -78,6 +79,10 @@ class PruningSession:
         model = self.model
         self.handles.append(model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
         self.handles.append(model.register_forward_hook(self._on_model_end, with_kwargs=True))
+        for idx in self.strategy.vision_attention_layers(self.adapter):
+            attn = self.adapter.vision_attention(idx)
+            self.handles.append(attn.q_proj.register_forward_hook(self._vision_hook(idx, "q")))
+            self.handles.append(attn.k_proj.register_forward_hook(self._vision_hook(idx, "k")))
         for idx, layer in enumerate(self.adapter.decoder_layers):
             self.handles.append(layer.register_forward_pre_hook(self._layer_pre_hook(idx), with_kwargs=True))
             self.handles.append(layer.register_forward_hook(self._layer_post_hook(idx)))
@@ -161,6 +166,13 @@ class PruningSession:
 
         return hook
 
+    def _vision_hook(self, idx: int, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if self.prefill:
+                self.vision_captured.setdefault(idx, {})[name] = output
+
+        return hook
+
     def _capture_hook(self, idx: int, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if self.prefill and idx in self.prune_at:
@@ -197,6 +209,8 @@ class PruningSession:
             valid=valid,
             inputs=self.call_inputs,
             generator=generator,
+            vision=self.vision_captured,
+            adapter=self.adapter,
         )
         self.strategy.prepare(self.ctx)
         self.prune_at = self._validated_layers(self.strategy.prune_layers(self.ctx))

@@ -1,6 +1,16 @@
 """Pruning strategies. Importing this package registers the built-in ones."""
 
-from svlm.strategies import dense, fastv, random, sparsevlm  # noqa: F401  (registration)
+from svlm.strategies import (  # noqa: F401  (registration)
+    dense,
+    divprune,
+    fastv,
+    pooling,
+    pyramiddrop,
+    random,
+    sparsevlm,
+    visionzip,
+    vtc_cls,
+)
 from svlm.strategies.base import (
     BudgetError,
     LayerView,

@@ -41,6 +41,8 @@ class PrefillContext:
     generator: torch.Generator | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     overhead_flops: float = 0.0  # FLOPs a strategy spends outside the layers (added to the report's scoring)
+    vision: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # captured encoder q/k by layer
+    adapter: Any = None  # the model family's adapter (geometry, CLS attention)
 
     @property
     def num_visual(self) -> torch.Tensor:
@@ -111,6 +113,10 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+
+    def vision_attention_layers(self, adapter: Any) -> list[int]:
+        """Vision-encoder layers whose q/k projections the strategy wants captured (see ``ctx.vision``)."""
+        return []
 
     @property
     def needs_head_attention(self) -> bool:

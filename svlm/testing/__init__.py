@@ -5,14 +5,14 @@ Nothing here downloads anything: tokenizers are trained on a built-in corpus, we
 
 from svlm.testing.images import random_image
 from svlm.testing.models import FAMILIES, REFERENCE_IMAGE_SIZE, TinyVLM, tiny_vlm
-from svlm.testing.processor import TinyQwen2_5_VLProcessor, TinyQwen2VLProcessor
+from svlm.testing.processor import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen2VLProcessor
 from svlm.testing.tokenizer import tiny_tokenizer
 
 __all__ = [
     "FAMILIES",
     "REFERENCE_IMAGE_SIZE",
-    "TinyQwen2VLProcessor",
-    "TinyQwen2_5_VLProcessor",
+    "ImageOnlyQwen2VLProcessor",
+    "ImageOnlyQwen2_5_VLProcessor",
     "TinyVLM",
     "random_image",
     "tiny_tokenizer",

@@ -125,7 +125,8 @@ def tiny_vlm(
 
     ``num_key_value_heads`` < ``num_attention_heads`` gives grouped-query attention; ``intermediate_size``
     defaults to 4 x ``hidden_size``. Weights are drawn in float32 from ``seed`` (without touching the global
-    RNG) and then cast to ``dtype``, so models that differ only in dtype hold the same weights up to rounding.
+    RNG), then the parameters are cast to ``dtype`` as loading a checkpoint would (RoPE buffers stay
+    float32), so models that differ only in dtype hold the same weights up to rounding.
     ``initializer_range`` is 10x transformers' 0.02 so attention is peaked enough for token scores
     to differ and for greedy decoding to be free of near-ties.
     """
@@ -156,74 +157,15 @@ def tiny_vlm(
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if family == "llava":
-        processor = llava_processor(tokenizer, image_size, PATCH_SIZE)
-        config = LlavaConfig(
-            vision_config=_clip_config(image_size),
-            text_config=LlamaConfig(**text),
-            image_token_index=processor.image_token_id,
-            image_seq_length=(image_size // PATCH_SIZE) ** 2,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-    elif family == "llava_next":
-        pinpoints = [[image_size * a, image_size * b] for a, b in ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))]
-        processor = llava_next_processor(tokenizer, image_size, PATCH_SIZE, pinpoints)
-        config = LlavaNextConfig(
-            vision_config=_clip_config(image_size),
-            text_config=MistralConfig(**text, sliding_window=None),
-            image_token_index=processor.image_token_id,
-            image_grid_pinpoints=pinpoints,
-            image_seq_length=(image_size // PATCH_SIZE) ** 2,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-    else:
-        processor = qwen_processor(family, tokenizer, image_size, PATCH_SIZE, MERGE_SIZE)
-        half = hidden_size // num_attention_heads // 2
-        rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(half)}
-        text.update(rope_parameters=rope, bos_token_id=tokenizer.pad_token_id)
-        vision = {
-            "depth": VISION_LAYERS,
-            "num_heads": VISION_HEADS,
-            "patch_size": PATCH_SIZE,
-            "spatial_merge_size": MERGE_SIZE,
-            "temporal_patch_size": 2,
-        }
-        special = {
-            "image_token_id": processor.image_token_id,
-            "video_token_id": processor.video_token_id,
-            "vision_start_token_id": tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-            "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        }
-        if family == "qwen2_vl":
-            vision_config = Qwen2VLVisionConfig(
-                **vision, embed_dim=VISION_HIDDEN, hidden_size=hidden_size, mlp_ratio=2
-            )
-            config = Qwen2VLConfig(
-                text_config=Qwen2VLTextConfig(**text), vision_config=vision_config, **special
-            )
-        else:
-            vision_config = Qwen2_5_VLVisionConfig(
-                **vision,
-                hidden_size=VISION_HIDDEN,
-                intermediate_size=2 * VISION_HIDDEN,
-                out_hidden_size=hidden_size,
-                window_size=112,
-                fullatt_block_indexes=[VISION_LAYERS - 1],
-                tokens_per_second=2,
-            )
-            config = Qwen2_5_VLConfig(
-                text_config=Qwen2_5_VLTextConfig(**text), vision_config=vision_config, **special
-            )
-
+    builder = _llava_config if family.startswith("llava") else _qwen_config
+    config, processor = builder(family, tokenizer, text, image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[family]._from_config(
             config, attn_implementation=attn_implementation, dtype=torch.float32
         )
-    model = model.to(dtype).eval()
-    model.config.dtype = dtype
+    _cast_parameters(model, dtype)
+    model.eval()
     _set_generation_defaults(model, tokenizer)
     return TinyVLM(
         model=model,
@@ -252,6 +194,75 @@ def _check_sizes(family: str, layers: int, hidden: int, heads: int, kv_heads: in
         )
 
 
+def _llava_config(
+    family: str, tokenizer: PreTrainedTokenizerBase, text: dict, image_size: int
+) -> tuple[LlavaConfig | LlavaNextConfig, ProcessorMixin]:
+    """LLaVA-1.5 (Llama) or LLaVA-NeXT (Mistral, AnyRes); both drop CLIP's CLS token ("default")."""
+    common = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default"}
+    common["image_seq_length"] = (image_size // PATCH_SIZE) ** 2
+    if family == "llava":
+        processor = llava_processor(tokenizer, image_size, PATCH_SIZE)
+        config = LlavaConfig(
+            vision_config=_clip_config(image_size),
+            text_config=LlamaConfig(**text),
+            image_token_index=processor.image_token_id,
+            **common,
+        )
+        return config, processor
+    pinpoints = [[image_size * a, image_size * b] for a, b in ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))]
+    processor = llava_next_processor(tokenizer, image_size, PATCH_SIZE, pinpoints)
+    config = LlavaNextConfig(
+        vision_config=_clip_config(image_size),
+        text_config=MistralConfig(**text, sliding_window=None),
+        image_token_index=processor.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        **common,
+    )
+    return config, processor
+
+
+def _qwen_config(
+    family: str, tokenizer: PreTrainedTokenizerBase, text: dict, image_size: int
+) -> tuple[Qwen2VLConfig | Qwen2_5_VLConfig, ProcessorMixin]:
+    """Qwen2-VL or Qwen2.5-VL: M-RoPE text model, patch-merging vision tower (windowed for 2.5)."""
+    processor = qwen_processor(family, tokenizer, image_size, PATCH_SIZE, MERGE_SIZE)
+    half_head_dim = text["hidden_size"] // text["num_attention_heads"] // 2
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(half_head_dim)}
+    text = {**text, "rope_parameters": rope, "bos_token_id": tokenizer.pad_token_id}
+    vision = {
+        "depth": VISION_LAYERS,
+        "num_heads": VISION_HEADS,
+        "patch_size": PATCH_SIZE,
+        "spatial_merge_size": MERGE_SIZE,
+        "temporal_patch_size": 2,
+    }
+    special = {
+        "image_token_id": processor.image_token_id,
+        "video_token_id": processor.video_token_id,
+        "vision_start_token_id": tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    }
+    if family == "qwen2_vl":
+        vision_config = Qwen2VLVisionConfig(
+            **vision, embed_dim=VISION_HIDDEN, hidden_size=text["hidden_size"], mlp_ratio=2
+        )
+        config = Qwen2VLConfig(text_config=Qwen2VLTextConfig(**text), vision_config=vision_config, **special)
+        return config, processor
+    vision_config = Qwen2_5_VLVisionConfig(
+        **vision,
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=2 * VISION_HIDDEN,
+        out_hidden_size=text["hidden_size"],
+        window_size=112,  # 8 x 8 patches: windowed attention in every block but the last
+        fullatt_block_indexes=[VISION_LAYERS - 1],
+        tokens_per_second=2,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=Qwen2_5_VLTextConfig(**text), vision_config=vision_config, **special
+    )
+    return config, processor
+
+
 def _clip_config(image_size: int) -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=VISION_HIDDEN,
@@ -269,6 +280,16 @@ def _mrope_section(half_head_dim: int) -> list[int]:
     temporal = half_head_dim // 4
     height = (half_head_dim - temporal) // 2
     return [temporal, height, half_head_dim - temporal - height]
+
+
+def _cast_parameters(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Cast weights only, like ``from_pretrained(dtype=...)``: RoPE frequency buffers stay float32."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.to(dtype)
+    for config in (model.config, *(getattr(model.config, k, None) for k in ("text_config", "vision_config"))):
+        if config is not None:
+            config.dtype = dtype
 
 
 def _set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

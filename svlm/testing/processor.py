@@ -42,12 +42,17 @@ class _ImageOnlyQwenMixin:
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
-class TinyQwen2VLProcessor(_ImageOnlyQwenMixin, Qwen2VLProcessor):
-    """Qwen2-VL processor for images only (no torchvision needed)."""
+class ImageOnlyQwen2VLProcessor(_ImageOnlyQwenMixin, Qwen2VLProcessor):
+    """Qwen2-VL processor for images only (no torchvision needed).
+
+    ``ImageOnlyQwen2VLProcessor.from_pretrained(path)`` also loads a real checkpoint's image processor,
+    tokenizer and chat template. ``AutoProcessor`` does not know this class: a saved copy loads through it
+    as a bare tokenizer, so load saved folders with this class.
+    """
 
 
-class TinyQwen2_5_VLProcessor(_ImageOnlyQwenMixin, Qwen2_5_VLProcessor):  # noqa: N801 - mirrors transformers
-    """Qwen2.5-VL processor for images only (no torchvision needed)."""
+class ImageOnlyQwen2_5_VLProcessor(_ImageOnlyQwenMixin, Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor for images only (no torchvision needed); see ``ImageOnlyQwen2VLProcessor``."""
 
 
 def llava_processor(tokenizer: PreTrainedTokenizerBase, image_size: int, patch_size: int) -> LlavaProcessor:
@@ -106,5 +111,5 @@ def qwen_processor(
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
     )
-    cls = TinyQwen2VLProcessor if family == "qwen2_vl" else TinyQwen2_5_VLProcessor
+    cls = ImageOnlyQwen2VLProcessor if family == "qwen2_vl" else ImageOnlyQwen2_5_VLProcessor
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template)
