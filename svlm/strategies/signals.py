@@ -10,7 +10,7 @@ from svlm.strategies.base import PrefillContext
 
 
 def scatter_to_visual_slots(values: torch.Tensor, ctx: PrefillContext) -> torch.Tensor:
-    """Place per-visual-token ``values`` (flattened in image order) on the visual slots: [b, n], 0 elsewhere."""
+    """Place per-visual-token ``values`` (flattened in image order) on the visual slots: [b, n]."""
     flat = values.reshape(-1).float()
     slots = ctx.visual & ctx.valid
     if flat.numel() != int(slots.sum()):

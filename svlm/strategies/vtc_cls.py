@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, keep_top_visual
 from svlm.strategies.registry import register_strategy
 from svlm.strategies.signals import cls_attention, cls_layers
