@@ -131,7 +131,8 @@ class SparseVLM(Strategy):
     """SparseVLM: raters' attention scores visual tokens, pruned progressively, optionally recycled.
 
     Exactly one way of setting the counts is used, in this order: ``rank_scale`` (v1 rank rule),
-    ``counts``, ``preset`` (v1.5/v2 tables), ``budget``; with none of them, ``preset=192``.
+    ``counts``, ``preset`` (v1.5/v2 tables), ``budget``; with none of them, ``preset=192``. ``schedule``
+    loads those parameters from a file written by calibration (``svlm fit``).
     """
 
     def __init__(
@@ -150,7 +151,21 @@ class SparseVLM(Strategy):
         knn: int = 5,
         gravity_correction: bool = False,
         priority_heads: int | None = None,
+        schedule: str | None = None,
     ) -> None:
+        if schedule is not None:
+            from svlm.calibrate.schedule import load_schedule
+
+            loaded = load_schedule(schedule, strategy="sparsevlm")
+            budget = loaded.pop("budget", budget)
+            layers = loaded.pop("layers", layers)
+            counts = loaded.pop("counts", counts)
+            rank_scale = loaded.pop("rank_scale", rank_scale)
+            rank_bias = loaded.pop("rank_bias", rank_bias)
+            rank_rtol = loaded.pop("rank_rtol", rank_rtol)
+            if loaded:
+                raise ValueError(f"Schedule {schedule!r} has parameters SparseVLM does not take: {sorted(loaded)}.")
+        self.schedule = schedule
         super().__init__(budget)
         if version not in PRESETS:
             raise ValueError(f"Unknown SparseVLM version {version!r}; valid: {', '.join(PRESETS)}.")
