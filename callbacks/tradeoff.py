@@ -56,7 +56,7 @@ def plot_tradeoff(
     maximize: bool = True,
     title: str | None = None,
 ) -> Path:
-    """Save a two-panel PNG: ``metric`` vs prefill TFLOPs and vs measured visual-token budget.
+    """Save a two-panel PNG: ``metric`` vs prefill FLOPs and vs measured visual-token budget.
 
     One line per strategy (points sorted by cost), the dense point as a dashed reference line with a star,
     and the Pareto front (computed on each panel's x axis) as a grey step line with ringed points.
@@ -67,8 +67,14 @@ def plot_tradeoff(
     import matplotlib.pyplot as plt
 
     metric_label = metric_label or metric
+    flops = [p["prefill_flops"] for p in points if _finite(p.get("prefill_flops"))]
+    scale, unit = (1e12, "TFLOPs") if not flops or max(flops) >= 1e11 else (1e9, "GFLOPs")
+    points = [
+        {**p, "_flops": p["prefill_flops"] / scale} if _finite(p.get("prefill_flops")) else dict(p)
+        for p in points
+    ]
     panels = [
-        ("prefill_tflops", "prefill TFLOPs per sample (analytic)"),
+        ("_flops", f"prefill {unit} per sample (analytic)"),
         ("budget", "visual tokens per layer (measured, input-counted)"),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)

@@ -410,12 +410,37 @@ class VLMEvaluator(pl.LightningModule):
         )
 
     # -- Lightning hooks -------------------------------------------------------------------------
+    # test and validate run the same evaluation (validate on the datamodule's validation split, and after
+    # each calibration epoch during fit); each run starts from empty metrics and ends with `self.points`.
     def on_test_epoch_start(self) -> None:
+        self.reset_points()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self.evaluate_batch(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_points()
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_points()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self.evaluate_batch(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish_points()
+
+    def reset_points(self) -> None:
         for m in [*self.point_metrics, *self.point_stats]:
             m.reset()
         self.points = []
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+    def evaluate_batch(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Run every strategy point on ``batch`` and accumulate metrics and costs.
+
+        Returns each point's answers and report and the model inputs (on CPU) for callbacks such as
+        :class:`svlm.callbacks.KeptTokenOverlay`.
+        """
         inputs, answers, reports, timings = self._run_points(batch, batch_idx)
         for i, point in enumerate(self.point_configs):
             self._update(i, batch, answers[point.label], reports[point.label], timings[point.label])
@@ -426,7 +451,8 @@ class VLMEvaluator(pl.LightningModule):
             "inputs": {k: inputs[k].detach().cpu() for k in keep if k in inputs},
         }
 
-    def on_test_epoch_end(self) -> None:
+    def finish_points(self) -> None:
+        """Compute :attr:`points` and log their headline numbers as ``<label>/<key>``."""
         self.points = self.compute_points()
         scalars = {
             f"{p['label']}/{key}": float(value)

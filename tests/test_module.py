@@ -141,3 +141,11 @@ def test_predict_step_returns_answers_and_reports(tmp_path):
     assert all(len(a) == 2 and all(isinstance(t, str) for t in a) for a in out["answers"].values())
     assert out["reports"]["random-64"]["budget"] == 64
     assert out["references"] and len(out["questions"]) == 2
+
+
+def test_validate_runs_the_same_evaluation(tmp_path):
+    module = VLMEvaluator("tiny:llava", strategies=["dense", RANDOM_64], max_new_tokens=1, latency_warmup=False)
+    (logged,) = _trainer(tmp_path).validate(module, datamodule=_data(limit=2), verbose=False)
+    assert [p["label"] for p in module.points] == ["dense", "random-64"]
+    assert logged["random-64/budget"] == 64 and "dense/accuracy" in logged
+    assert not any("/exact_match/" in k for k in logged)  # per-category numbers go to the CSV only

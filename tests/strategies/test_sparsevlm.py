@@ -31,6 +31,9 @@ def test_presets_reproduce_reference_counts_on_32_layers(deep_llava, images, que
     assert visual[:3] == [576, 576, 576]
     assert (visual[3], visual[7], visual[16]) == PRESETS[version][192]
     assert visual[31] == PRESETS[version][192][2]
+    if version == "v1.5":  # the README's numbers: output-counted (paper) vs input-counted budget
+        assert sparse.last_report.budget_output == pytest.approx(188.2, abs=0.1)
+        assert sparse.last_report.budget == pytest.approx(202.75, abs=0.01)
 
 
 @torch.no_grad()
