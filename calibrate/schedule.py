@@ -25,7 +25,9 @@ class ScheduleError(ValueError):
     """A schedule file that is missing, truncated or malformed."""
 
 
-def save_schedule(path: str | Path, strategy: str, params: dict[str, Any], metrics: dict[str, Any] | None = None) -> Path:
+def save_schedule(
+    path: str | Path, strategy: str, params: dict[str, Any], metrics: dict[str, Any] | None = None
+) -> Path:
     """Write a schedule atomically (YAML unless the suffix is .json)."""
     path = Path(path)
     data = {"strategy": strategy, "params": params, "metrics": metrics or {}}
@@ -45,7 +47,8 @@ def load_schedule(path: str | Path, strategy: str | None = None) -> dict[str, An
         raise ScheduleError(f"Schedule file {str(path)!r} is not valid YAML/JSON: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
         raise ScheduleError(
-            f"Schedule file {str(path)!r} must be a mapping with 'strategy' and 'params'; got {type(data).__name__}."
+            f"Schedule file {str(path)!r} must be a mapping with 'strategy' and 'params'; "
+            f"got {type(data).__name__}."
         )
     if strategy is not None and data.get("strategy") != strategy:
         raise ScheduleError(

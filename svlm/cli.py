@@ -15,6 +15,7 @@ import inspect
 import math
 import statistics
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
     if subcommand == "bench":
         return _bench_parser().parse_args(["--config", str(path)])
     parser_kwargs: dict[str, Any] = {"exit_on_error": False, subcommand: {"exit_on_error": False}}
-    cli = SVLMCLI(args=[subcommand, "--config", str(path)], parse_only=True, parser_kwargs=parser_kwargs)
+    with warnings.catch_warnings():  # args= given while sys.argv holds the caller's (e.g. pytest's) options
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = SVLMCLI(args=[subcommand, "--config", str(path)], parse_only=True, parser_kwargs=parser_kwargs)
     return cli.config[subcommand]
 
 

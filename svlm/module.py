@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -176,7 +176,14 @@ class VLMEvaluator(pl.LightningModule):
     For every batch and every strategy point: ``svlm.sparsify`` the model, greedy ``generate`` a batch of
     answers, score them with the benchmark's metric, and record the cost from ``last_report`` (visual tokens,
     budget counted on layer inputs and outputs, prefill FLOPs) and wall-clock latency (prefill and whole
-    generate). At the end of ``test`` the results are in :attr:`points`, one dict per strategy point.
+    generate). At the end of ``test`` (or ``validate``) the results are in :attr:`points`, one dict per
+    strategy point with keys: ``label``, ``strategy``, ``budget_target``; ``budget`` / ``budget_output``
+    (measured mean visual tokens per layer, counted on layer inputs / outputs); ``visual_tokens`` (entering
+    the language model); ``prefill_flops``, ``dense_prefill_flops``, ``prefill_tflops`` (per sample) and
+    ``flops_ratio``; ``kv_cache_bytes`` (per sample); ``main_metric`` and ``accuracy`` (its value),
+    ``relative_accuracy`` (vs the ``dense`` point), ``metric/<name>`` and ``relative/<name>`` for every
+    metric; ``prefill_latency_s`` / ``generate_latency_s`` (per batch); ``samples``, ``batches``,
+    ``model``, ``benchmark``, ``kwargs``.
 
     Args:
         model: Hugging Face id, local folder, or ``tiny:<family>`` (offline random model, ``svlm.models``).
@@ -268,8 +275,8 @@ class VLMEvaluator(pl.LightningModule):
             for conv in self.conversations(batch)
         ]
         inputs = self.processor(images=list(batch["images"]), text=prompts, padding=True, return_tensors="pt")
-        device = next(self.vlm.parameters()).device
-        return inputs.to(device)
+        param = next(self.vlm.parameters())
+        return inputs.to(param.device).to(param.dtype)  # BatchFeature casts floating tensors only
 
     # -- generation ------------------------------------------------------------------------------
     def _sync(self, device: torch.device) -> None:
@@ -485,7 +492,7 @@ class VLMEvaluator(pl.LightningModule):
                 "dense_prefill_flops": _safe_div(s["dense_prefill_flops"], n),
                 "prefill_tflops": _safe_div(s["prefill_flops"], n) / 1e12,
                 "flops_ratio": _safe_div(s["prefill_flops"], s["dense_prefill_flops"]),
-                "kv_cache_bytes": _safe_div(s["kv_cache_bytes"], s["batches"]),
+                "kv_cache_bytes": _safe_div(s["kv_cache_bytes"], n),
                 "main_metric": main,
                 "accuracy": values.get(main, math.nan) if main else math.nan,
                 "higher_is_better": bool(getattr(metric, "higher_is_better", True) is not False),
@@ -512,10 +519,9 @@ class VLMEvaluator(pl.LightningModule):
         """The headline metric: ``main_metric`` if set, else the first of ``MAIN_METRICS`` present."""
         if self.main_metric:
             if values and self.main_metric not in values:
-                raise ValueError(
-                    f"main_metric {self.main_metric!r} is not among the metrics {sorted(values)}."
-                )
-            return self.main_metric
+                log.warning("main_metric %r is not among the metrics %s", self.main_metric, sorted(values))
+            else:
+                return self.main_metric
         return next((k for k in MAIN_METRICS if k in values), next(iter(values), None))
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -529,10 +535,6 @@ class VLMEvaluator(pl.LightningModule):
             "reports": {label: _report_dict(rep) for label, rep in reports.items()},
             "latency": timings,
         }
-
-    def point_dicts(self) -> list[dict[str, Any]]:
-        """The strategy point configs as plain dicts (for saving next to results)."""
-        return [asdict(p) for p in self.point_configs]
 
 
 def _report_dict(report: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from torch import nn
 from svlm.adapters import Adapter, adapter_for
 from svlm.engine.cache import PrunedCache
 from svlm.engine.session import PruningSession
+from svlm.engine.validation import validate_inputs
 from svlm.report import Report
 from svlm.strategies import Strategy, build_strategy
 
@@ -73,10 +74,7 @@ class SparseModel:
         return None
 
     def _with_cache(self, inputs: dict[str, Any], required: bool = False) -> dict[str, Any]:
-        if "input_ids" not in inputs:
-            raise ValueError(
-                "svlm needs `input_ids` (the visual tokens are located by their placeholder ids)."
-            )
+        validate_inputs(self.adapter, inputs)
         cache = inputs.get("past_key_values")
         if cache is None and (required or inputs.get("use_cache", True) is not False):
             inputs = {**inputs, "past_key_values": PrunedCache(config=self.model.config)}

@@ -135,7 +135,9 @@ def test_relative_accuracy_is_nan_without_dense(tmp_path):
 
 
 def test_predict_step_returns_answers_and_reports(tmp_path):
-    module = VLMEvaluator("tiny:llava", strategies=["dense", RANDOM_64], max_new_tokens=1, latency_warmup=False)
+    module = VLMEvaluator(
+        "tiny:llava", strategies=["dense", RANDOM_64], max_new_tokens=1, latency_warmup=False
+    )
     (out,) = _trainer(tmp_path).predict(module, datamodule=_data(limit=2))
     assert set(out["answers"]) == {"dense", "random-64"}
     assert all(len(a) == 2 and all(isinstance(t, str) for t in a) for a in out["answers"].values())
@@ -144,7 +146,9 @@ def test_predict_step_returns_answers_and_reports(tmp_path):
 
 
 def test_validate_runs_the_same_evaluation(tmp_path):
-    module = VLMEvaluator("tiny:llava", strategies=["dense", RANDOM_64], max_new_tokens=1, latency_warmup=False)
+    module = VLMEvaluator(
+        "tiny:llava", strategies=["dense", RANDOM_64], max_new_tokens=1, latency_warmup=False
+    )
     (logged,) = _trainer(tmp_path).validate(module, datamodule=_data(limit=2), verbose=False)
     assert [p["label"] for p in module.points] == ["dense", "random-64"]
     assert logged["random-64/budget"] == 64 and "dense/accuracy" in logged

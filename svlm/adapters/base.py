@@ -88,6 +88,10 @@ class Adapter:
         ids = torch.tensor(self.visual_token_ids(), device=input_ids.device)
         return torch.isin(input_ids, ids)
 
+    def expected_visual_tokens(self, inputs: dict[str, Any]) -> int | None:
+        """Visual tokens the images of ``inputs`` produce (None when the family cannot tell cheaply)."""
+        return None
+
     def apply_rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotary embedding as the family's attention applies it (x: [b, heads, n, d]; cos/sin: [b, n, d])."""
         return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)

@@ -16,6 +16,13 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
 
+    def expected_visual_tokens(self, inputs: dict[str, Any]) -> int | None:
+        vc = self.config.vision_config
+        per_image = (vc.image_size // vc.patch_size) ** 2
+        if self.config.vision_feature_select_strategy == "full":
+            per_image += 1
+        return int(inputs["pixel_values"].shape[0]) * per_image
+
     def vision_attention(self, layer: int) -> torch.nn.Module:
         tower = self.model.model.vision_tower
         tower = getattr(tower, "vision_model", tower)  # CLIPVisionModel wraps a CLIPVisionTransformer or not
@@ -66,6 +73,13 @@ class Qwen2VLAdapter(Adapter):
 
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+
+    def expected_visual_tokens(self, inputs: dict[str, Any]) -> int | None:
+        grid = inputs.get("image_grid_thw")
+        if grid is None or inputs.get("video_grid_thw") is not None:
+            return None
+        merge = self.config.vision_config.spatial_merge_size
+        return int(grid.prod(-1).sum()) // (merge * merge)
 
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
         grid_thw = inputs.get("image_grid_thw")

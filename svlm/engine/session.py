@@ -16,6 +16,7 @@ Each layer's KV cache then holds exactly the slots that layer saw.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -27,12 +28,9 @@ from svlm.engine.cache import PrunedCache
 from svlm.engine.masks import decode_mask, mask_format, prefill_mask
 from svlm.engine.scoring import attention_rows, rows_from_mask
 from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather
+from svlm.engine.validation import InputError
 from svlm.report import LayerDecision, Report
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
-
-
-class InputError(ValueError):
-    """Inputs that the engine cannot prune (no input ids, unsupported mask format, ...)."""
 
 
 class PruningSession:
@@ -212,8 +210,12 @@ class PruningSession:
             vision=self.vision_captured,
             adapter=self.adapter,
         )
-        self.strategy.prepare(self.ctx)
-        self.prune_at = self._validated_layers(self.strategy.prune_layers(self.ctx))
+        if bool(visual.any()):
+            self.strategy.prepare(self.ctx)
+            self.prune_at = self._validated_layers(self.strategy.prune_layers(self.ctx))
+        else:
+            warnings.warn("The inputs hold no visual tokens: running dense (nothing to prune).", stacklevel=2)
+            self.prune_at = []
         self.original = TokenSequence(
             origin=torch.arange(n, device=hidden.device).expand(b, n),
             visual=visual,

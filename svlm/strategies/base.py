@@ -160,14 +160,14 @@ class Strategy:
             return n_visual
         if self.budget < 1:
             return n_visual * self.budget
-        too_big = n_visual < self.budget
+        too_big = (n_visual < self.budget) & (n_visual > 0)  # samples without an image keep their text
         if bool(too_big.any()):
             raise BudgetError(
                 f"budget={self.budget:g} is larger than the number of visual tokens "
                 f"({int(n_visual[too_big].min())}) of some samples; use a budget <= "
                 f"{int(n_visual.min())} or a fraction in (0, 1)."
             )
-        return torch.full_like(n_visual, float(self.budget))
+        return torch.where(n_visual > 0, float(self.budget), 0.0)
 
     def extra_repr(self) -> str:
         return f"budget={self.budget}"
@@ -218,7 +218,7 @@ def schedule_counts(
     spans = torch.tensor([hi - lo for lo, hi in zip(layers, bounds, strict=True)], dtype=torch.float64)
     full = (layers[0] + 1) * n  # tokens seen before the first pruning
     free = b * num_layers - full
-    if bool((free < spans.sum() - 1e-9).any()):
+    if bool(((free < spans.sum() - 1e-9) & (n > 0)).any()):
         minimum = (full + spans.sum()) / num_layers
         raise BudgetError(
             f"budget={float(b.min()):g} cannot be met with pruning after layer {layers[0]} of a "
@@ -240,4 +240,4 @@ def schedule_counts(
         counts = torch.where(over, n.unsqueeze(-1), counts)
         fixed |= over
     counts = torch.minimum(counts, n.unsqueeze(-1))
-    return counts.round().clamp_min(1).long()
+    return torch.where(n.unsqueeze(-1) > 0, counts.round().clamp_min(1), 0).long()

@@ -164,7 +164,9 @@ class SparseVLM(Strategy):
             rank_bias = loaded.pop("rank_bias", rank_bias)
             rank_rtol = loaded.pop("rank_rtol", rank_rtol)
             if loaded:
-                raise ValueError(f"Schedule {schedule!r} has parameters SparseVLM does not take: {sorted(loaded)}.")
+                raise ValueError(
+                    f"Schedule {schedule!r} has parameters SparseVLM does not take: {sorted(loaded)}."
+                )
         self.schedule = schedule
         super().__init__(budget)
         if version not in PRESETS:

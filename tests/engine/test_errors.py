@@ -60,3 +60,42 @@ def test_class_path_and_dict_configs(tiny):
     assert type(by_path) is type(by_dict) and by_dict.budget == 0.5
     with pytest.raises(ValueError, match="not a subclass of svlm.Strategy"):
         svlm.build_strategy("torch.nn.Linear")
+
+
+def test_text_only_input_runs_dense_with_warning(tiny):
+    tokenizer = tiny.processor.tokenizer
+    inputs = dict(tokenizer(["a plain question"], return_tensors="pt"))
+    sparse = svlm.sparsify(tiny.model, "sparsevlm", budget=0.5)
+    with pytest.warns(UserWarning, match="no visual tokens"):
+        with torch.no_grad():
+            out = sparse(**inputs).logits
+    torch.testing.assert_close(out, tiny.model(**inputs).logits)
+
+
+def test_nan_pixels_are_refused(tiny, images, questions):
+    inputs = dict(tiny.inputs(images, questions))
+    inputs["pixel_values"] = inputs["pixel_values"].clone()
+    inputs["pixel_values"].view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="pixel_values contain 1 NaN/inf"):
+        svlm.sparsify(tiny.model, "fastv", budget=0.6)(**inputs)
+
+
+def test_image_tokens_must_match_images(tiny, images, questions):
+    inputs = dict(tiny.inputs(images, questions))
+    if tiny.family not in ("llava", "qwen2_vl", "qwen2_5_vl"):
+        pytest.skip("llava_next token counts depend on the crops")
+    ids = inputs["input_ids"].clone()
+    image_pos = (ids[0] == tiny.model.config.image_token_id).nonzero()[0]
+    ids[0, image_pos] = tiny.processor.tokenizer.pad_token_id or 0
+    inputs["input_ids"] = ids
+    with pytest.raises(ValueError, match=r"image tokens \(per sample: \[\d+, \d+\]\) but the images give"):
+        svlm.sparsify(tiny.model, "fastv", budget=0.6)(**inputs)
+
+
+def test_pixels_without_placeholders(tiny, images, questions):
+    inputs = dict(tiny.inputs(images, questions))
+    inputs["input_ids"] = inputs["input_ids"].masked_fill(
+        inputs["input_ids"] == tiny.model.config.image_token_id, 0
+    )
+    with pytest.raises(ValueError, match="prompts hold no image tokens"):
+        svlm.sparsify(tiny.model, "dense")(**inputs)

@@ -1,0 +1,31 @@
+"""Trained models that ship with svlm, so offline runs have an accuracy axis without downloading weights.
+
+``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP-style vision tower, MLP projector, 32-layer
+Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
+``python -m svlm.zoo.train_default``. Load it like any saved checkpoint::
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    path = svlm.zoo.default_model_path()
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "svlm-shapes-llava"
+
+
+def default_model_path() -> str:
+    """Folder of the shipped default model (``save_pretrained`` layout), inside the installed package."""
+    path = Path(__file__).resolve().parent / DEFAULT_MODEL_NAME
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The default model is missing from {path}; reinstall svlm or rebuild it with "
+            "`python -m svlm.zoo.train_default`."
+        )
+    return str(path)
+
+
+__all__ = ["DEFAULT_MODEL_NAME", "default_model_path"]
