@@ -72,7 +72,12 @@ class SVLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        validate_points(config)
+        try:
+            validate_points(config)
+        except ValueError as err:
+            if self.parse_only:
+                raise
+            self._parser(self.subcommand).error(f"model.strategies: {err}")  # usage + message, exit 2
 
     def instantiate_classes(self) -> None:
         if not self.parse_only:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -13,7 +14,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAMILIES", "LoadedVLM", "family_of", "load_vlm", "resolve_device", "resolve_dtype"]
+__all__ = ["FAMILIES", "LoadedVLM", "family_of", "load_vlm", "resolve_device", "resolve_dtype", "zoo_path"]
 
 #: ``config.model_type`` -> svlm family name, for the families svlm has adapters for.
 FAMILIES: dict[str, str] = {
@@ -36,6 +37,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 TINY_PREFIX = "tiny:"
+ZOO_PREFIX = "zoo:"
 
 
 class LoadedVLM(NamedTuple):
@@ -77,6 +79,18 @@ def family_of(model_or_config: Any) -> str:
     return FAMILIES[model_type]
 
 
+def zoo_path(name: str) -> str:
+    """Folder of a model shipped in ``svlm.zoo`` (e.g. ``svlm-shapes-llava``); clear error if missing."""
+    import svlm.zoo
+
+    root = Path(svlm.zoo.__file__).resolve().parent
+    path = root / name
+    if not (path / "config.json").is_file():
+        shipped = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+        raise ValueError(f"No model {name!r} in svlm.zoo ({root}); shipped models: {shipped or 'none'}.")
+    return str(path)
+
+
 def _parse_tiny(spec: str) -> tuple[str, dict[str, Any]]:
     """``"tiny:llava?num_layers=4&hidden_size=64"`` -> ``("llava", {"num_layers": 4, "hidden_size": 64})``."""
     family, _, query = spec[len(TINY_PREFIX) :].partition("?")
@@ -115,7 +129,8 @@ def load_vlm(
     Args:
         name_or_path: Hugging Face hub id (``llava-hf/llava-1.5-7b-hf``), a local folder saved with
             ``save_pretrained``, or ``tiny:<family>[?key=value&...]`` for a tiny random offline model from
-            :func:`svlm.testing.tiny_vlm` (keys are its keyword arguments, e.g. ``tiny:llava?num_layers=4``).
+            :func:`svlm.testing.tiny_vlm` (keys are its keyword arguments, e.g. ``tiny:llava?num_layers=4``),
+            or ``zoo:<name>`` for a model shipped in ``svlm.zoo`` (``zoo:svlm-shapes-llava``).
         dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16`` or ``float32``.
         device: ``auto``/None (CUDA when available) or a torch device string.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
@@ -144,6 +159,9 @@ def load_vlm(
         return LoadedVLM(model, _prepare_processor(tiny.processor), tiny.family)
 
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if name_or_path.startswith(ZOO_PREFIX):
+        name_or_path = zoo_path(name_or_path[len(ZOO_PREFIX) :])
 
     if not os.path.isdir(name_or_path) and os.path.sep in name_or_path and os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path!r} is a file; pass the model folder (with config.json) instead.")

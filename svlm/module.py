@@ -186,7 +186,8 @@ class VLMEvaluator(pl.LightningModule):
     ``model``, ``benchmark``, ``kwargs``.
 
     Args:
-        model: Hugging Face id, local folder, or ``tiny:<family>`` (offline random model, ``svlm.models``).
+        model: Hugging Face id, local folder, ``zoo:<name>`` (shipped model) or ``tiny:<family>`` (offline
+            random model); see ``svlm.models.load_vlm``.
         strategies: Strategy points: names (``dense``), or dicts with ``strategy`` (name or class path),
             ``budget`` (number or list of numbers), ``label`` and ``kwargs``.
         dtype: Weights dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16``, ``float32``.

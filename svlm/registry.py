@@ -20,8 +20,9 @@ class Registry(Generic[T]):
     Duplicate names are refused so that two plugins cannot silently shadow each other.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or (kind[:-1] + "ies" if kind.endswith("y") else kind + "s")
         self._entries: dict[str, type[T] | str] = {}
 
     def register(self, name: str, obj: type[T] | str | None = None) -> Callable[[type[T]], type[T]] | None:
@@ -69,7 +70,7 @@ class Registry(Generic[T]):
         valid = self.names()
         close = difflib.get_close_matches(self._normalise(name), valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"Unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(valid)}."
+        return f"Unknown {self.kind} {name!r}.{hint} Valid {self.plural}: {', '.join(valid)}."
 
     def _describe(self, key: str) -> str:
         entry = self._entries[key]

@@ -153,3 +153,12 @@ def test_validate_runs_the_same_evaluation(tmp_path):
     assert [p["label"] for p in module.points] == ["dense", "random-64"]
     assert logged["random-64/budget"] == 64 and "dense/accuracy" in logged
     assert not any("/exact_match/" in k for k in logged)  # per-category numbers go to the CSV only
+
+
+def test_zoo_names_resolve_or_fail_clearly():
+    from svlm.models import zoo_path
+
+    with pytest.raises(ValueError, match="No model 'nope' in svlm.zoo"):
+        zoo_path("nope")
+    with pytest.raises(ValueError, match="shipped models"):
+        load_vlm("zoo:nope", "float32", "cpu")
