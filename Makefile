@@ -21,6 +21,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/python -m pip install -e ".[dev]"
+	@# The optional Triton kernels are tested under TRITON_INTERPRET=1; without triton those tests skip.
+	$(BIN)/python -m pip install -e ".[triton]" || echo "triton could not be installed: its kernel tests will be skipped"
 	touch $@
 
 lint: install
