@@ -158,6 +158,36 @@ class Report:
         return self._flops[2]
 
     @property
+    def decode_flops(self) -> float:
+        """Analytic FLOPs of the decoding steps of the last ``generate`` (each step attends to the pruned
+        per-layer caches), summed over the batch."""
+        from svlm import flops
+
+        if not self.decode_steps:
+            return 0.0
+        return float(
+            sum(
+                flops.decode_flops(self.config, self._tokens[b].tolist(), self.decode_steps).total
+                for b in range(self.batch_size)
+            )
+        )
+
+    @property
+    def dense_decode_flops(self) -> float:
+        from svlm import flops
+
+        if not self.decode_steps:
+            return 0.0
+        return float(
+            sum(
+                flops.decode_flops(
+                    self.config, [int(self._prompt_tokens[b])] * self.info.num_layers, self.decode_steps
+                ).total
+                for b in range(self.batch_size)
+            )
+        )
+
+    @property
     def kv_cache_bytes(self) -> int:
         """Bytes of the prompt's KV cache as allocated (all slots of each layer, both K and V)."""
         per_token = 2 * self.info.num_kv_heads * self.info.head_dim * torch.finfo(self._dtype).bits // 8
@@ -181,6 +211,8 @@ class Report:
             "kv_cache_bytes": self.kv_cache_bytes,
             "dense_kv_cache_bytes": self.dense_kv_cache_bytes,
             "decode_steps": self.decode_steps,
+            "decode_flops": self.decode_flops,
+            "dense_decode_flops": self.dense_decode_flops,
             "decisions": [d.to_dict() for d in self.decisions],
         }
 

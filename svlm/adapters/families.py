@@ -63,9 +63,9 @@ class LlavaNextAdapter(Adapter):
     model_types = ("llava_next",)
 
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
-        vc = self.config.vision_config
-        side = vc.image_size // vc.patch_size
-        return [(side, side)]
+        raise NotImplementedError(
+            "LLaVA-NeXT packs a base view and anyres crops with newline tokens; it has no single token grid."
+        )
 
 
 class Qwen2VLAdapter(Adapter):

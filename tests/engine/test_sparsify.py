@@ -100,6 +100,7 @@ def test_generate_matches_oracle_at_every_step(tiny, images, questions, name):
         steps.index_fill(-1, suppressed, float("-inf")).argmax(-1), out.sequences[:, prompt_len:]
     )
     assert report.decode_steps == new - 1
+    assert 0 < report.decode_flops < report.dense_decode_flops
 
 
 @torch.no_grad()
