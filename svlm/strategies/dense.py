@@ -8,7 +8,7 @@ from svlm.strategies.registry import register_strategy
 
 @register_strategy("dense")
 class Dense(Strategy):
-    """No pruning: the model runs exactly as transformers runs it (the reference point of every curve)."""
+    """No pruning: the model runs exactly as transformers runs it (the reference of every curve)."""
 
     def __init__(self) -> None:
         super().__init__(budget=None)

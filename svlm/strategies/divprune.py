@@ -30,8 +30,10 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 
 @register_strategy("divprune")
 class DivPrune(Strategy):
-    """Before the language model, keep the ``budget`` visual tokens whose projected features are most
-    diverse (greedy max-min cosine distance). Needs no attention, so it works with any kernel."""
+    """Keep the most diverse visual features (greedy max-min distance), before the language model.
+
+    Keeps ``budget`` visual tokens whose projected features maximise the minimum cosine distance to those
+    already kept. Needs no attention, so it works with any kernel."""
 
     def __init__(self, budget: float = 64) -> None:
         super().__init__(budget)

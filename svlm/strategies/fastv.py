@@ -19,7 +19,7 @@ from svlm.strategies.registry import register_strategy
 
 @register_strategy("fastv")
 class FastV(Strategy):
-    """Drop the visual tokens that receive the least attention once the first ``k`` layers have run.
+    """Drop the least-attended visual tokens once the first ``k`` layers have run.
 
     Layers ``0..k-1`` see every token; the attention of layer ``k-1`` (from the last token, as in the
     reference code, or averaged over all text tokens after the image with ``signal="text"``, as in the

@@ -24,10 +24,10 @@ def _windows(size: int, out: int) -> list[tuple[int, int]]:
 
 @register_strategy("pooling")
 class Pooling(Strategy):
-    """Before the language model replace each image's visual tokens by an average-pooled grid of about
-    ``budget`` tokens (adaptive 2-D pooling on the token grid; 1-D pooling in sequence order for layouts
-    without a plain grid, e.g. LLaVA-NeXT's packed crops). Pooled tokens take the position of their
-    window's centre token."""
+    """Average-pool each image's visual-token grid down to the budget, before the language model.
+
+    Adaptive 2-D pooling on the token grid (1-D pooling in sequence order for layouts without a plain grid,
+    e.g. LLaVA-NeXT's packed crops). Pooled tokens take the position of their window's centre token."""
 
     def __init__(self, budget: float = 64) -> None:
         super().__init__(budget)

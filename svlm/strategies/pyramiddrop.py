@@ -21,9 +21,9 @@ from svlm.strategies.sparsevlm import scale_layers
 
 @register_strategy("pyramiddrop")
 class PyramidDrop(Strategy):
-    """Split the language model into stages; at the end of each stage keep the visual tokens that the last
-    instruction token attends to most, a share ``ratio`` of those the stage received.
+    """Drop visual tokens stage by stage, ranked by the last instruction token's attention.
 
+    At the end of each stage keep a share ``ratio`` of the visual tokens the stage received.
     Default stages end at layers 8/16/24 of a 32-layer model (scaled to other depths like SparseVLM's) with
     ``ratio=0.5``. With ``budget`` the geometric shape is kept and scaled to meet it.
     """

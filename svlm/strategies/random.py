@@ -17,8 +17,9 @@ from svlm.strategies.registry import register_strategy
 
 @register_strategy("random")
 class RandomPrune(Strategy):
-    """Keep a uniformly random subset of visual tokens after ``layer`` (-1: before the language model).
+    """Keep a seeded uniformly random subset of visual tokens.
 
+    Prunes after ``layer`` (-1: before the language model).
     The kept count meets ``budget`` (mean visual tokens entering each decoder layer). Seeded: the same seed
     and inputs keep the same tokens.
     """

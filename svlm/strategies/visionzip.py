@@ -31,9 +31,10 @@ def contextual_merge(
 
 @register_strategy("visionzip")
 class VisionZip(Strategy):
-    """Before the language model keep ``dominant`` tokens by the vision encoder's CLS attention and merge the
-    rest into ``contextual`` tokens; by default the budget is split 54:10 as in the paper's 64-token setting.
+    """Keep dominant tokens by vision CLS attention and merge the rest into a few contextual tokens.
 
+    Runs before the language model; by default the budget is split 54:10 (dominant:contextual) as in the
+    paper's 64-token setting.
     The CLS attention comes from the encoder layer LLaVA takes its features from, computed rows-only from
     that layer's q/k. Families without a CLS token use the virtual-CLS substitute.
     """

@@ -12,7 +12,7 @@ from svlm.strategies.signals import cls_attention, cls_layers
 
 @register_strategy("vtc_cls")
 class VTCCLS(Strategy):
-    """Keep the visual tokens the vision encoder's [CLS] token attends to most, before the language model.
+    """Keep the visual tokens the vision encoder's [CLS] token attends to most, before the LLM.
 
     ``ensemble`` lists encoder layers relative to the feature layer (0 = the layer LLaVA takes features
     from, -1 the one before, ...); their CLS attention is averaged. Computed rows-only (one query row) from
