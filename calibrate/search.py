@@ -98,7 +98,8 @@ class EvolutionSearch(torch.optim.Optimizer):
         """Candidates for this iteration (a fresh list each call; the generator state advances)."""
         state = self._state()
         generator = torch.Generator()
-        generator.set_state(state["rng"])
+        # Optimizer.load_state_dict casts state tensors to the parameter's dtype: the bytes survive as floats
+        generator.set_state(torch.as_tensor(state["rng"]).cpu().to(torch.uint8))
         x = self.incumbent.detach().double().cpu()
         k = self.group["coordinates"]
         candidates = []
