@@ -89,7 +89,9 @@ class Geometry:
     def spans(self) -> torch.Tensor:
         """Layers that see the count kept after each pruning layer (the last one runs to the end)."""
         bounds = [*self.layers[1:], self.num_layers - 1]
-        return torch.tensor([hi - lo for lo, hi in zip(self.layers, bounds, strict=True)], dtype=torch.float64)
+        return torch.tensor(
+            [hi - lo for lo, hi in zip(self.layers, bounds, strict=True)], dtype=torch.float64
+        )
 
     @property
     def dense_layers(self) -> int:
@@ -107,7 +109,9 @@ class Geometry:
         full = self.dense_layers * n_visual.double()
         return (full + (counts.double() * self.spans).sum(-1)) / self.num_layers
 
-    def decoder_flops(self, n_text: torch.Tensor, n_visual: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def decoder_flops(
+        self, n_text: torch.Tensor, n_visual: torch.Tensor, counts: torch.Tensor
+    ) -> torch.Tensor:
         """[S] analytic decoder FLOPs of the prefill (projections, attention rectangle, MLP)."""
         tokens = self.visual_per_layer(n_visual, counts) + n_text.double().unsqueeze(-1)
         return (self.per_token * tokens + self.per_pair * tokens**2).sum(-1)
@@ -166,6 +170,11 @@ class RankStats:
             self.svals[sid] = [records[s][i] if s in records else torch.zeros(0) for s in range(steps)]
         self._packed = None
 
+    def restore_svals(self, saved: dict[str, list[torch.Tensor]]) -> None:
+        """Put back singular values saved from :attr:`svals` (after a trial with another schedule)."""
+        self.svals.update(saved)
+        self._packed = None
+
     def pack(
         self, ids: Sequence[str] | None = None, steps: int | None = None
     ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,7 +210,7 @@ class RankStats:
 
 
 def ranks(svals: torch.Tensor, rtol: Sequence[float]) -> torch.Tensor:
-    """[S, steps] numerical ranks: singular values above ``rtol * sigma_max`` (``torch.linalg.matrix_rank``)."""
+    """[S, steps] numerical ranks: singular values above ``rtol * sigma_max``, as ``matrix_rank`` counts."""
     tol = torch.tensor(rtol, dtype=svals.dtype).view(1, -1, 1) * svals[..., :1]
     return (svals > tol).sum(-1)
 
@@ -222,7 +231,7 @@ def simulate(
     n_text: torch.Tensor,
     svals: torch.Tensor | None = None,
 ) -> Simulation:
-    """What SparseVLM keeps under ``rule``, exactly as its ``select`` computes it (given the singular values)."""
+    """What SparseVLM keeps under ``rule``, exactly as its ``select`` computes it (given singular values)."""
     steps = len(geometry.layers)
     current = n_visual.double().clone()
     counts = torch.zeros(len(n_visual), steps, dtype=torch.float64)
@@ -271,7 +280,8 @@ def solve_multiplier(
         floor = predict(0.0)[0]
         raise BudgetError(
             f"budget={budget:g} cannot be met: keeping one visual token after every pruning layer already "
-            f"averages {floor:.1f} visual tokens per layer. Prune earlier (smaller `layers`) or raise the budget."
+            f"averages {floor:.1f} visual tokens per layer. Prune earlier (smaller `layers`) or raise the "
+            "budget."
         )
     ceiling = 1e12
     if feasible(ceiling):

@@ -96,10 +96,16 @@ class RankSpace(_Space):
         upper = [SHARE_RANGE[1]] * steps + [1.0] * steps + [RTOL_RANGE[1]] * steps
         super().__init__(steps, names, lower, upper)
 
-    def initial(self, shape: Sequence[float], adaptivity: float = 0.0, log10_rtol: float = -3.0) -> torch.Tensor:
+    def initial(
+        self, shape: Sequence[float], adaptivity: float = 0.0, log10_rtol: float = -3.0
+    ) -> torch.Tensor:
         share = torch.tensor([math.log(s / max(shape)) for s in shape], dtype=torch.float64)
         real = torch.cat(
-            [share, torch.full((self.steps,), float(adaptivity)), torch.full((self.steps,), float(log10_rtol))]
+            [
+                share,
+                torch.full((self.steps,), float(adaptivity)),
+                torch.full((self.steps,), float(log10_rtol)),
+            ]
         )
         return self.to_unit(real)
 
@@ -115,13 +121,11 @@ class RankSpace(_Space):
             mean_rank = ranks(svals, rtol).double().mean(0).clamp_min(1.0)
         else:
             mean_rank = torch.ones(self.steps, dtype=torch.float64)
-        scale = adaptivity * levels / mean_rank
-        bias = (1 - adaptivity) * levels
-        return RankRule(
-            scale=tuple(_round(float(x)) for x in scale),
-            bias=tuple(_round(float(x)) for x in bias),
-            rtol=tuple(rtol),
-        )
+        scale = [_round(float(x)) for x in adaptivity * levels / mean_rank]
+        bias = [_round(float(x)) for x in (1 - adaptivity) * levels]
+        # a fixed count (scale 0) reads better as the integer that int() makes of it; same schedule
+        bias = [float(math.floor(b)) if s == 0 and b >= 0 else b for s, b in zip(scale, bias, strict=True)]
+        return RankRule(scale=tuple(scale), bias=tuple(bias), rtol=tuple(rtol))
 
     @staticmethod
     def strategy_params(rule: RankRule, layers: Sequence[int]) -> dict[str, Any]:
@@ -139,7 +143,9 @@ class CountsSpace(_Space):
     kind = "counts"
 
     def __init__(self, steps: int) -> None:
-        super().__init__(steps, [f"share_{i}" for i in range(steps)], [SHARE_RANGE[0]] * steps, [SHARE_RANGE[1]] * steps)
+        super().__init__(
+            steps, [f"share_{i}" for i in range(steps)], [SHARE_RANGE[0]] * steps, [SHARE_RANGE[1]] * steps
+        )
 
     def initial(self, shape: Sequence[float], **_: Any) -> torch.Tensor:
         return self.to_unit([math.log(s / max(shape)) for s in shape])

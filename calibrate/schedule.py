@@ -38,6 +38,11 @@ def save_schedule(
 
 def load_schedule(path: str | Path, strategy: str | None = None) -> dict[str, Any]:
     """The ``params`` of a schedule file, validated; ``strategy`` (if given) must match the file's."""
+    return dict(read_schedule(path, strategy)["params"])
+
+
+def read_schedule(path: str | Path, strategy: str | None = None) -> dict[str, Any]:
+    """The whole file (``strategy``, ``params``, ``metrics``), validated like :func:`load_schedule`."""
     path = Path(path)
     if not path.is_file():
         raise ScheduleError(f"Schedule file {str(path)!r} does not exist.")
@@ -54,4 +59,8 @@ def load_schedule(path: str | Path, strategy: str | None = None) -> dict[str, An
         raise ScheduleError(
             f"Schedule file {str(path)!r} is for strategy {data.get('strategy')!r}, not {strategy!r}."
         )
-    return dict(data["params"])
+    return {
+        "strategy": data.get("strategy"),
+        "params": dict(data["params"]),
+        "metrics": data.get("metrics") or {},
+    }

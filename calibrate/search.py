@@ -46,7 +46,9 @@ class EvolutionSearch(torch.optim.Optimizer):
         tolerance: float = 0.0,
     ) -> None:
         if not 0 < sigma_min <= sigma <= sigma_max:
-            raise ValueError(f"Need 0 < sigma_min <= sigma <= sigma_max, got {sigma_min}, {sigma}, {sigma_max}.")
+            raise ValueError(
+                f"Need 0 < sigma_min <= sigma <= sigma_max, got {sigma_min}, {sigma}, {sigma_max}."
+            )
         if offspring < 1:
             raise ValueError(f"offspring must be >= 1, got {offspring}.")
         if coordinates is not None and coordinates < 1:

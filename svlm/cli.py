@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import statistics
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from svlm.bench import bench, bench_parser
 from svlm.module import VLMEvaluator, build_point_strategy, expand_points
 
 __all__ = ["SVLMCLI", "bench", "format_points", "main", "parse_config", "strategies_table"]
@@ -111,15 +112,6 @@ def validate_points(config: Any) -> None:
         build_point_strategy(point)
 
 
-def _bench_parser() -> Any:
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog="svlm bench", description=inspect.getdoc(bench), exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="Path to a YAML config of these options.")
-    parser.add_function_arguments(bench, as_positional=False)
-    return parser
-
-
 def _is_bench_config(data: Any) -> bool:
     """A bench config names its model with a string; LightningCLI configs have a ``model`` section."""
     if not isinstance(data, Mapping) or not data:
@@ -140,7 +132,7 @@ def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
     if subcommand is None:
         subcommand = "bench" if _is_bench_config(yaml.safe_load(path.read_text())) else "test"
     if subcommand == "bench":
-        return _bench_parser().parse_args(["--config", str(path)])
+        return bench_parser().parse_args(["--config", str(path)])
     parser_kwargs: dict[str, Any] = {"exit_on_error": False, subcommand: {"exit_on_error": False}}
     with warnings.catch_warnings():  # args= given while sys.argv holds the caller's (e.g. pytest's) options
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -219,144 +211,56 @@ def _cmd_strategies(args: Sequence[str]) -> int:
     return 0
 
 
-# -- svlm bench -------------------------------------------------------------------------------------------
-
-
-def bench(
-    model: str = "tiny:llava",
-    strategies: list[str] | None = None,
-    budgets: list[float] | None = None,
-    batch_size: int = 1,
-    image_size: int = 336,
-    question: str = "What is shown in the image? Answer the question using a single word or phrase.",
-    max_new_tokens: int = 16,
-    repeats: int = 5,
-    dtype: str = "auto",
-    attn_implementation: str = "sdpa",
-    device: str = "auto",
-    output: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Measure prefill and generate latency, measured budget and FLOPs of strategies on synthetic inputs.
-
-    The unwrapped Hugging Face model (row ``hf``) is the reference for the speed-ups; ``dense`` is svlm's
-    no-pruning run (its gap to ``hf`` is the wrapper's overhead). Every other strategy runs at every budget.
-    Each row is timed ``repeats`` times after one warm-up generate; medians are reported.
-
-    Args:
-        model: Hugging Face id, local folder, or ``tiny:<family>``.
-        strategies: Strategy names or class paths (default: dense and every registered strategy).
-        budgets: Target mean visual tokens per layer of the pruning strategies (default 192, 128, 64).
-        batch_size: Images per generate call.
-        image_size: Side of the synthetic square images in pixels.
-        question: Prompt text for every sample.
-        max_new_tokens: Greedy decoding length per call.
-        repeats: Timed runs per row (median reported).
-        dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
-        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        output: Optional JSON file for the rows (written atomically).
-    """
-    import svlm
-    from svlm.models import load_vlm, resolve_device
-    from svlm.results import atomic_write_json
-    from svlm.testing import random_image
-
-    if repeats < 1 or batch_size < 1:
-        raise ValueError(f"repeats and batch_size must be >= 1, got {repeats} and {batch_size}")
-    names = list(dict.fromkeys(strategies or ["dense", *svlm.available_strategies()]))
-    budgets = list(budgets or [192, 128, 64])
-    evaluator = VLMEvaluator(
-        model=model,
-        strategies=[n if n == "dense" else {"strategy": n, "budget": budgets} for n in names],
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        max_new_tokens=max_new_tokens,
-        latency_warmup=False,
-    )
-    evaluator.vlm, evaluator.processor, evaluator.family = load_vlm(
-        model, dtype, resolve_device(device), attn_implementation
-    )
-    batch = {
-        "images": [random_image(seed=i, size=(image_size, image_size)) for i in range(batch_size)],
-        "questions": [question] * batch_size,
-    }
-    inputs = evaluator.tokenize(batch)
-    rows = []
-    for index, point in [(None, None), *enumerate(evaluator.point_configs)]:
-        evaluator.generate(index, inputs, seed=0)  # warm-up
-        prefill, total = [], []
-        for r in range(repeats):
-            _, report, timing = evaluator.generate(index, inputs, seed=r)
-            prefill.append(timing.get("prefill", math.nan))
-            total.append(timing["generate"])
-        row: dict[str, Any] = {
-            "label": point.label if point else "hf",
-            "strategy": point.strategy if point else "hf",
-            "budget_target": point.budget if point else None,
-            "prefill_latency_s": statistics.median(prefill),
-            "generate_latency_s": statistics.median(total),
-        }
-        if report is not None:
-            row.update(
-                budget=report.budget,
-                budget_output=report.budget_output,
-                prefill_tflops=report.prefill_flops / batch_size / 1e12,
-                flops_ratio=report.prefill_flops / report.dense_prefill_flops,
-            )
-        rows.append(row)
-    for row in rows:
-        row["prefill_speedup"] = rows[0]["prefill_latency_s"] / row["prefill_latency_s"]
-        row["generate_speedup"] = rows[0]["generate_latency_s"] / row["generate_latency_s"]
-    device_name = next(evaluator.vlm.parameters()).device
-    print(
-        f"svlm bench: {model} ({evaluator.family}) on {device_name}, batch {batch_size}, {max_new_tokens} new"
-    )
-    print(
-        _table(
-            rows,
-            [
-                ("label", "label", "{}"),
-                ("budget", "budget", "{:.1f}"),
-                ("budget_output", "budget_out", "{:.1f}"),
-                ("prefill_tflops", "TFLOPs/img", "{:.4f}"),
-                ("flops_ratio", "flops", "{:.3f}"),
-                ("prefill_latency_s", "prefill_s", "{:.4f}"),
-                ("generate_latency_s", "generate_s", "{:.4f}"),
-                ("prefill_speedup", "prefill_x", "{:.2f}"),
-                ("generate_speedup", "generate_x", "{:.2f}"),
-            ],
-        )
-    )
-    if output is not None:
-        atomic_write_json(
-            output, {"model": model, "batch_size": batch_size, "device": str(device_name), "rows": rows}
-        )
-        print(f"results: {Path(output).resolve()}")
-    return rows
+# -- svlm bench (implemented in svlm.bench) --------------------------------------------------------------
 
 
 def _cmd_bench(args: Sequence[str]) -> int:
-    from jsonargparse import ArgumentError
+    from svlm.bench import main as bench_main
 
-    parser = _bench_parser()
-    parser.exit_on_error = True
-    try:
-        cfg = parser.parse_args(list(args))
-    except ArgumentError as err:  # pragma: no cover - exit_on_error handles it
-        parser.error(str(err))
-    cfg = parser.instantiate_classes(cfg).as_dict()
-    cfg.pop("config", None)
-    bench(**cfg)
-    return 0
+    return bench_main(args)
 
 
 HELPERS: dict[str, Callable[[Sequence[str]], int]] = {"strategies": _cmd_strategies, "bench": _cmd_bench}
 
 
+def is_user_error(err: BaseException) -> bool:
+    """True for a ``ValueError`` that svlm's own code raised (a bad name, budget, layer, input, data split,
+    schedule...: its message names the bad value and the valid ones), as opposed to one from deep inside
+    torch or transformers, whose traceback is worth seeing."""
+    if not isinstance(err, ValueError):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module == "svlm" or module.startswith("svlm.")
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``svlm`` console script and ``python -m svlm``."""
+    """Entry point of the ``svlm`` console script and ``python -m svlm``.
+
+    Mistakes in the arguments or config files print one ``error:`` line (exit code 2), svlm's own errors
+    while running (:func:`is_user_error`) one line too (exit code 1); ``SVLM_TRACEBACK=1`` re-raises them.
+    """
+    from jsonargparse import ArgumentError
+
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in HELPERS:
-        return HELPERS[argv[0]](argv[1:])
-    SVLMCLI(args=None if args is None else argv)  # None: LightningCLI reads sys.argv itself
+    command = f"svlm {argv[0]}" if argv and not argv[0].startswith("-") else "svlm"
+    try:
+        if argv and argv[0] in HELPERS:
+            return HELPERS[argv[0]](argv[1:])
+        quiet = {"exit_on_error": False}  # errors come back here instead of printing the whole usage
+        parser_kwargs: dict[str, Any] = {**quiet, **{sub: dict(quiet) for sub in SVLMCLI.subcommands()}}
+        # None: LightningCLI reads sys.argv itself
+        SVLMCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
+    except ArgumentError as err:
+        if os.environ.get("SVLM_TRACEBACK"):
+            raise
+        print(f"{command}: error: {err}\nRun `{command} --help` for the options.", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        if os.environ.get("SVLM_TRACEBACK") or not is_user_error(err):
+            raise
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 1
     return 0

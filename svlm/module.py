@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import Metric
 
+from svlm.engine.validation import InputError
 from svlm.models import load_vlm, resolve_device
+from svlm.results import Journal, config_hash
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StrategyPoint", "VLMEvaluator", "expand_points"]
+__all__ = ["StrategyPoint", "VLMEvaluator", "check_model_name", "expand_points"]
+
+#: Data-module settings that do not change a batch's results (batch composition is keyed by sample ids).
+VOLATILE_DATA_KEYS: frozenset[str] = frozenset(
+    {"limit", "train_limit", "num_workers", "cache_dir", "batch_size"}
+)
 
 
 @dataclass
@@ -99,6 +111,71 @@ def build_point_strategy(point: StrategyPoint) -> Any:
         return svlm.build_strategy(point.strategy, **kwargs)
     except TypeError as err:  # unexpected keyword: a user error, not a bug
         raise ValueError(f"Bad arguments {kwargs} for strategy {point.strategy!r}: {err}") from err
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast, before any data or weights load, on a model svlm cannot run (unknown ``tiny:`` family,
+    missing ``zoo:`` model, local folder of an unsupported model type). Hub ids are checked when loading,
+    from their config, before the weights."""
+    from svlm.models import TINY_PREFIX, ZOO_PREFIX, family_of, zoo_path
+
+    if name.startswith(TINY_PREFIX):
+        from svlm.testing import FAMILIES as TINY_FAMILIES
+
+        family = name[len(TINY_PREFIX) :].partition("?")[0]
+        if family not in TINY_FAMILIES:
+            raise ValueError(f"Unknown tiny model family {family!r}. Valid: {', '.join(TINY_FAMILIES)}.")
+        return
+    path = Path(zoo_path(name[len(ZOO_PREFIX) :]) if name.startswith(ZOO_PREFIX) else name)
+    if (path / "config.json").is_file():
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{str(path / 'config.json')!r} is not a valid model config: {err}") from err
+        family_of(SimpleNamespace(model_type=model_type))
+
+
+def _file_digests(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """sha256 of strategy arguments that name files (calibrated schedules): a changed file is a new point."""
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, str) and len(value) < 4096 and Path(value).is_file():
+            out[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return out
+
+
+def _batch_key(batch: Mapping[str, Any], batch_idx: int) -> str:
+    """Identity of a batch for resume records: its sample ids (else dataset rows, else its index)."""
+    for key in ("ids", "indices"):
+        values = batch.get(key)
+        if values is not None and all(v is not None for v in values):
+            return config_hash({key: list(values)})
+    return f"batch-{batch_idx}"
+
+
+def _batch_offset(batch: Mapping[str, Any], batch_idx: int) -> int:
+    """Seed offset of a batch: the dataset row of its first sample (the same with any number of processes),
+    else the batch index."""
+    indices = batch.get("indices")
+    if indices and isinstance(indices[0], int):
+        return int(indices[0])
+    return int(batch_idx)
+
+
+def _image_count(image: Any) -> int:
+    if image is None:
+        return 0
+    return len(image) if isinstance(image, (list, tuple)) else 1
+
+
+def _placeholders(conversation: Sequence[Mapping[str, Any]]) -> int:
+    """Number of image entries in a chat conversation."""
+    count = 0
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, (list, tuple)):
+            count += sum(1 for part in content if isinstance(part, Mapping) and part.get("type") == "image")
+    return count
 
 
 class PointStats(Metric):
@@ -193,12 +270,23 @@ class VLMEvaluator(pl.LightningModule):
         dtype: Weights dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bfloat16``, ``float16``, ``float32``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         max_new_tokens: Greedy decoding length limit.
-        seed: Seed set before each point's generate (per batch), so random strategies are reproducible.
+        seed: Seed of torch's global RNG, set before each point's generate, offset by the dataset row of the
+            batch's first sample (the batch index without ``indices``): the same with any number of processes.
+            Built-in strategies are seeded themselves (``random``'s ``seed`` argument).
         benchmark: Benchmark name for the metric; by default taken from the datamodule or the batch metadata.
         latency_warmup: Run one untimed generate before the first timed batch (CUDA kernels, allocator).
         processor_kwargs: Passed to ``AutoProcessor.from_pretrained`` (e.g. ``max_pixels`` for Qwen2-VL).
         main_metric: Metric reported as ``accuracy`` (and plotted); default: the benchmark's headline metric
             (exact_match, vqa_accuracy, mc_accuracy, pope_f1 or mme_perception).
+        resume: Reuse the results that an earlier ``test`` run into the same ``default_root_dir`` recorded in
+            its journal (same model, data and point settings, same batches): only missing (point, batch)
+            pairs are computed. Without it a test run starts a fresh journal.
+        journal: Record every finished (point, batch) of ``test`` in ``<default_root_dir>/journal/`` (one
+            JSON line each, flushed at once), which is what ``resume`` reads after a crash or Ctrl-C.
+
+    Before the first generate of a run, every strategy point runs one prefill on the first sample, so a bad
+    budget, pruning layer or input fails before any real work. Under DDP, metrics and costs are summed over
+    all processes before :attr:`points` is computed (the same on every rank).
     """
 
     def __init__(
@@ -213,10 +301,13 @@ class VLMEvaluator(pl.LightningModule):
         latency_warmup: bool = True,
         processor_kwargs: dict[str, Any] | None = None,
         main_metric: str | None = None,
+        resume: bool = False,
+        journal: bool = True,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_model_name(model)
         self.save_hyperparameters()
         self.model_name = model
         self.dtype_name = dtype
@@ -235,6 +326,13 @@ class VLMEvaluator(pl.LightningModule):
         self.point_metrics = nn.ModuleList()  # built at the first batch, once the benchmark is known
         self.point_stats = nn.ModuleList(PointStats() for _ in self.point_configs)
         self.points: list[dict[str, Any]] = []
+        self.resume = resume
+        self.journal = journal
+        self.reused: int = 0  # (point, batch) results taken from the journal in the last run (this process)
+        self._journal: Journal | None = None
+        self._point_keys: list[str] = []
+        self._pending: list[int] | None = None
+        self._checked = False
         self._warm = False
 
     # -- model -----------------------------------------------------------------------------------
@@ -258,24 +356,65 @@ class VLMEvaluator(pl.LightningModule):
     # -- inputs ----------------------------------------------------------------------------------
     @staticmethod
     def conversations(batch: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
-        """Chat conversations of a batch: given directly, or built from one image + question per sample."""
+        """Chat conversations of a batch: given directly, or built from the question and image(s) of each
+        sample (no image entry for a sample whose image is ``None``)."""
         if batch.get("conversations") is not None:
             return list(batch["conversations"])
         if batch.get("questions") is None:
             raise KeyError(f"A batch needs 'conversations' or 'questions'; it has keys {sorted(batch)}.")
+        images = batch.get("images") or [None] * len(batch["questions"])
         return [
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
-            for q in batch["questions"]
+            [
+                {
+                    "role": "user",
+                    "content": [*([{"type": "image"}] * _image_count(im)), {"type": "text", "text": q}],
+                }
+            ]
+            for q, im in zip(batch["questions"], images, strict=False)
         ]
 
+    @staticmethod
+    def check_images(batch: Mapping[str, Any], conversations: Sequence[Any]) -> list[int]:
+        """Images per sample, checked against the prompts' image entries; raises :class:`InputError` for a
+        mismatch or for a batch mixing samples with different numbers of images."""
+        images = batch.get("images")
+        counts = [_image_count(im) for im in images] if images is not None else [0] * len(conversations)
+        if len(counts) != len(conversations):
+            raise InputError(f"The batch has {len(counts)} image entries for {len(conversations)} prompts.")
+        slots = [_placeholders(conv) for conv in conversations]
+        bad = [i for i, (c, p) in enumerate(zip(counts, slots, strict=True)) if c != p]
+        if bad:
+            i = bad[0]
+            raise InputError(
+                f"Sample {i} of the batch has {counts[i]} image(s) but its prompt has {slots[i]} image "
+                f"entries (per sample: images {counts}, prompt image entries {slots}); give each image one "
+                '{"type": "image"} entry in the conversation.'
+            )
+        if len(set(counts)) > 1:
+            raise InputError(
+                f"The batch mixes samples with different numbers of images (per sample: {counts}); svlm "
+                "evaluates batches whose samples have the same number of images: use batch_size 1 or group "
+                "samples by image count."
+            )
+        return counts
+
     def tokenize(self, batch: Mapping[str, Any]) -> Any:
-        """Chat template + processor (left padding) -> model inputs on this module's device."""
+        """Chat template + processor (left padding) -> model inputs on this module's device.
+
+        Samples without images (all of the batch) make a text-only batch, which runs dense with a warning.
+        """
         self._ensure_model()
+        conversations = self.conversations(batch)
+        counts = self.check_images(batch, conversations)
         prompts = [
             self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-            for conv in self.conversations(batch)
+            for conv in conversations
         ]
-        inputs = self.processor(images=list(batch["images"]), text=prompts, padding=True, return_tensors="pt")
+        if counts and counts[0] > 0:
+            images = list(batch["images"])
+            inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        else:
+            inputs = self.processor(text=prompts, padding=True, return_tensors="pt")
         param = next(self.vlm.parameters())
         return inputs.to(param.device).to(param.dtype)  # BatchFeature casts floating tensors only
 
@@ -351,13 +490,17 @@ class VLMEvaluator(pl.LightningModule):
         return [t.strip() for t in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
 
     def _run_points(self, batch: Mapping[str, Any], batch_idx: int) -> tuple[Any, dict, dict, dict]:
+        """Generate with the points to compute (all, or those :meth:`evaluate_batch` found no record of)."""
         inputs = self.tokenize(batch)
-        if self.latency_warmup and not self._warm:
-            self.generate(0, inputs, seed=self.seed)
+        todo = list(range(len(self.point_configs))) if self._pending is None else list(self._pending)
+        if self.latency_warmup and not self._warm and todo:
+            self.generate(todo[0], inputs, seed=self.seed)
             self._warm = True
         answers, reports, timings = {}, {}, {}
-        for i, point in enumerate(self.point_configs):
-            new_ids, report, timing = self.generate(i, inputs, seed=self.seed + batch_idx)
+        offset = _batch_offset(batch, batch_idx)
+        for i in todo:
+            point = self.point_configs[i]
+            new_ids, report, timing = self.generate(i, inputs, seed=self.seed + offset)
             answers[point.label] = self.decode(new_ids)
             reports[point.label] = report
             timings[point.label] = {**timing, "new_tokens": int((new_ids != self._pad_id()).sum())}
@@ -393,35 +536,40 @@ class VLMEvaluator(pl.LightningModule):
                 self.point_metrics.append(metric_for(benchmark).to(device))
         return self.point_metrics
 
+    @staticmethod
+    def cost_stats(report: Any, timing: Mapping[str, float], n: int) -> dict[str, float]:
+        """The :class:`PointStats` sums of one (point, batch): what the journal records and replays."""
+        visual = [float(v[0]) if len(v) else 0.0 for v in report.visual_tokens]
+        timed = "prefill" in timing
+        return {
+            "samples": float(n),
+            "batches": 1.0,
+            "timed_batches": float(timed),
+            "budget": float(report.budget) * n,
+            "budget_output": float(report.budget_output) * n,
+            "visual_tokens": sum(visual),
+            "kv_cache_bytes": float(getattr(report, "kv_cache_bytes", 0.0) or 0.0),
+            "prefill_flops": float(report.prefill_flops),
+            "dense_prefill_flops": float(report.dense_prefill_flops),
+            "prefill_latency": float(timing.get("prefill", 0.0)),
+            "generate_latency": float(timing["generate"]) if timed else 0.0,
+            "new_tokens": float(timing.get("new_tokens", 0)),
+        }
+
     def _update(
-        self, i: int, batch: Mapping[str, Any], answers: list[str], report: Any, timing: dict
+        self, i: int, batch: Mapping[str, Any], answers: list[str], stats: Mapping[str, float]
     ) -> None:
         from svlm.metrics import update_from_batch
 
         update_from_batch(self._metrics(batch)[i], answers, batch)
-        n = len(answers)
-        visual = [float(v[0]) if len(v) else 0.0 for v in report.visual_tokens]
-        timed = "prefill" in timing
-        self.point_stats[i].update(
-            samples=n,
-            batches=1,
-            timed_batches=float(timed),
-            budget=report.budget * n,
-            budget_output=report.budget_output * n,
-            visual_tokens=sum(visual),
-            kv_cache_bytes=float(getattr(report, "kv_cache_bytes", 0.0) or 0.0),
-            prefill_flops=report.prefill_flops,
-            dense_prefill_flops=report.dense_prefill_flops,
-            prefill_latency=timing.get("prefill", 0.0),
-            generate_latency=timing["generate"] if timed else 0.0,
-            new_tokens=timing.get("new_tokens", 0),
-        )
+        self.point_stats[i].update(**{k: stats[k] for k in PointStats.KEYS})
 
     # -- Lightning hooks -------------------------------------------------------------------------
     # test and validate run the same evaluation (validate on the datamodule's validation split, and after
     # each calibration epoch during fit); each run starts from empty metrics and ends with `self.points`.
     def on_test_epoch_start(self) -> None:
         self.reset_points()
+        self._open_journal()
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         return self.evaluate_batch(batch, batch_idx)
@@ -429,7 +577,11 @@ class VLMEvaluator(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.finish_points()
 
+    def on_test_end(self) -> None:
+        self._close_journal()
+
     def on_validation_epoch_start(self) -> None:
+        self._close_journal()  # calibration may change a strategy between validations: never replayed
         self.reset_points()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -442,19 +594,141 @@ class VLMEvaluator(pl.LightningModule):
         for m in [*self.point_metrics, *self.point_stats]:
             m.reset()
         self.points = []
+        self.reused = 0
+        self._checked = False
+
+    # -- resume journal --------------------------------------------------------------------------------
+    def point_keys(self) -> list[str]:
+        """Digest per strategy point of everything that determines its per-batch results (model, dtype,
+        device type, generation settings, data settings, strategy and arguments, schedule file contents)."""
+        param = next(self._ensure_model().parameters())
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        hparams = dict(getattr(datamodule, "hparams", None) or {})
+        import svlm
+
+        run = {
+            "svlm": svlm.__version__,
+            "model": self.model_name,
+            "dtype": str(param.dtype),
+            "device": param.device.type,
+            "attn_implementation": self.attn_implementation,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+            "processor_kwargs": self.processor_kwargs,
+            "data": {k: v for k, v in hparams.items() if k not in VOLATILE_DATA_KEYS},
+        }
+        return [
+            config_hash(
+                {
+                    **run,
+                    "strategy": cfg.strategy,
+                    "budget": cfg.budget,
+                    "kwargs": cfg.kwargs,
+                    "class": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                    "files": _file_digests(cfg.kwargs),
+                }
+            )
+            for cfg, obj in zip(self.point_configs, self.strategy_objects, strict=True)
+        ]
+
+    def _open_journal(self) -> None:
+        self._close_journal()
+        if not self.journal or self._trainer is None:
+            return
+        trainer = self.trainer
+        folder = Path(trainer.default_root_dir) / "journal"
+        self._point_keys = self.point_keys()
+        self._journal = Journal(folder, trainer.global_rank, trainer.world_size, resume=self.resume)
+        if self.resume:
+            skipped = f" ({self._journal.skipped} unreadable lines ignored)" if self._journal.skipped else ""
+            rank_zero_info(
+                f"svlm: resuming from {len(self._journal.records)} recorded results in {folder}{skipped}"
+            )
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def _preflight(self, batch: Mapping[str, Any], todo: Sequence[int]) -> None:
+        """One prefill of the batch's first sample per point: bad budgets, pruning layers or inputs raise
+        here, naming the point, before any generate."""
+        import svlm
+
+        first = {k: v[:1] if isinstance(v, list) else v for k, v in batch.items()}
+        inputs = self.tokenize(first)
+        model = self._ensure_model()
+        for i in todo:
+            sparse = svlm.sparsify(model, self.strategy_objects[i])
+            try:
+                with torch.no_grad():
+                    sparse(**inputs)
+            except ValueError as err:
+                label = self.point_configs[i].label
+                try:
+                    wrapped = type(err)(f"Strategy point {label!r}: {err}")
+                except Exception:  # noqa: BLE001 - an exception type with another signature: keep it as is
+                    raise err from None
+                raise wrapped from err
+            finally:
+                sparse.detach()
 
     def evaluate_batch(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Run every strategy point on ``batch`` and accumulate metrics and costs.
 
-        Returns each point's answers and report and the model inputs (on CPU) for callbacks such as
-        :class:`svlm.callbacks.KeptTokenOverlay`.
+        Points with a record of this batch in the resume journal are replayed from it (answers re-scored,
+        costs re-added) instead of generated; every newly computed point is recorded. Returns each point's
+        answers, the reports of the points computed now, and the model inputs (on CPU) for callbacks such
+        as :class:`svlm.callbacks.KeptTokenOverlay`.
         """
-        inputs, answers, reports, timings = self._run_points(batch, batch_idx)
+        key = _batch_key(batch, batch_idx)
+        records: dict[int, dict[str, Any]] = {}
+        if self._journal is not None and self.resume:
+            for i, point_key in enumerate(self._point_keys):
+                record = self._journal.get(point_key, key)
+                if record is not None:
+                    records[i] = record
+        todo = [i for i in range(len(self.point_configs)) if i not in records]
+        if todo:
+            if not self._checked:
+                self.check_images(batch, self.conversations(batch))  # the preflight sees one sample only
+                self._preflight(batch, todo)
+                self._checked = True
+            self._pending = todo
+            try:
+                inputs, answers, reports, timings = self._run_points(batch, batch_idx)
+            finally:
+                self._pending = None
+        else:
+            inputs, answers, reports, timings = self.tokenize(batch), {}, {}, {}
+        ordered: dict[str, list[str]] = {}
         for i, point in enumerate(self.point_configs):
-            self._update(i, batch, answers[point.label], reports[point.label], timings[point.label])
+            if i in records:
+                answers_i, stats = list(records[i]["answers"]), records[i]["stats"]
+                self.reused += 1
+            else:
+                answers_i = answers[point.label]
+                stats = self.cost_stats(reports[point.label], timings[point.label], len(answers_i))
+                if self._journal is not None:
+                    ids = batch.get("ids")
+                    self._journal.add(
+                        {
+                            "point": self._point_keys[i],
+                            "batch": key,
+                            "label": point.label,
+                            "ids": list(ids) if ids is not None else None,
+                            "answers": answers_i,
+                            "stats": stats,
+                        }
+                    )
+            ordered[point.label] = answers_i
+            self._update(i, batch, answers_i, stats)
+        if self._journal is not None and todo:
+            self._journal.sync()
         keep = ("input_ids", "attention_mask", "image_grid_thw", "image_sizes")
         return {
-            "answers": answers,
+            "answers": ordered,
             "reports": reports,
             "inputs": {k: inputs[k].detach().cpu() for k in keep if k in inputs},
         }

@@ -2,16 +2,22 @@
 
 The DataModule never tokenises: the LightningModule owns the processor (and so the chat template and the image
 preprocessing of its model family), which keeps one DataModule usable with every model.
+
+Evaluation batches are the same whatever the number of processes: under DDP, rank ``r`` of ``W`` gets the
+global batches ``r, r + W, r + 2W, ...`` of the single-process order (:class:`BatchShardSampler`), never a
+padded duplicate. Each batch carries ``indices`` (the samples' rows in the split), so seeds and resume records
+do not depend on how many processes ran.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from svlm.data.benchmarks import BenchmarkDataset, BenchmarkSpec, get_benchmark, load_benchmark
 from svlm.data.prompts import build_conversation
@@ -29,16 +35,65 @@ BATCH_KEYS: dict[str, str] = {
     "categories": "category",
     "image_ids": "image_id",
     "tasks": "task",
+    "indices": "index",
 }
+OPTIONAL_KEYS: frozenset[str] = frozenset({"indices"})  # None for samples that do not carry them
 
 
 def collate_samples(samples: Sequence[Sample]) -> dict[str, list[Any]]:
     """Samples -> dict of lists (`BATCH_KEYS`) plus ``conversations`` ready for ``apply_chat_template``."""
     if not samples:
         raise DataError("cannot collate an empty list of samples")
-    batch: dict[str, list[Any]] = {key: [s[field] for s in samples] for key, field in BATCH_KEYS.items()}
+    batch: dict[str, list[Any]] = {
+        key: [s.get(field) if key in OPTIONAL_KEYS else s[field] for s in samples]  # type: ignore[misc]
+        for key, field in BATCH_KEYS.items()
+    }
     batch["conversations"] = [build_conversation(p) for p in batch["prompts"]]
     return batch
+
+
+class _Indexed(Dataset):
+    """Adds each sample's row number (``index``) so that a batch knows where it sits in the split."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.dataset[i], "index": int(i)}
+
+    def __repr__(self) -> str:
+        return repr(self.dataset)
+
+
+class BatchShardSampler(DistributedSampler):
+    """Sequential evaluation order split by whole batches: rank ``r`` of ``W`` gets global batches ``r``,
+    ``r + W``, ... (no padding, no duplicates; ranks may differ by one batch).
+
+    Batches keep exactly the single-process composition, so per-sample results and the reduced metrics match
+    a single-process run. Being a ``DistributedSampler``, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.num_batches = math.ceil(n / batch_size)
+        self.indices = [
+            i
+            for b in range(rank, self.num_batches, num_replicas)
+            for i in range(b * batch_size, min((b + 1) * batch_size, n))
+        ]
+        self.num_samples = len(self.indices)
+        self.total_size = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class VLMDataModule(LightningDataModule):
@@ -131,15 +186,63 @@ class VLMDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_set = self.dataset(self.split, self.limit)
 
+    def prepare_data(self) -> None:
+        """Download / cache the data of the current stage once per node (Lightning calls this on local rank 0
+        before the other ranks load it in `setup`); the generated "shapes" needs nothing."""
+        if self.benchmark == "shapes" or self.path is not None and not self._remote(self.path):
+            return
+        fn = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
+        stage = getattr(fn, "value", fn)
+        if stage in ("test", "predict"):
+            self.dataset(self.split, self.limit)
+        elif stage == "validate":
+            self.dataset(self.val_split, self.limit)
+
+    @staticmethod
+    def _remote(path: str) -> bool:
+        from svlm.data.loading import _looks_local
+
+        return not _looks_local(path)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def _loader(self, ds: BenchmarkDataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
-            ds,
+            _Indexed(ds),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, ds: BenchmarkDataset) -> DataLoader:
+        """Sequential batches, split by whole batches under DDP (see :class:`BatchShardSampler`)."""
+        world_size, rank = self._world()
+        sampler = None
+        if world_size > 1:
+            batches = math.ceil(len(ds) / self.batch_size)
+            if batches < world_size:
+                fit = len(ds) // world_size
+                hint = f"use --data.batch_size {fit} or less, or" if fit >= 1 else "use"
+                raise DataError(
+                    f"{len(ds)} samples in batches of {self.batch_size} make {batches} batch(es), fewer than "
+                    f"the {world_size} processes (every process needs one); {hint} fewer devices."
+                )
+            sampler = BatchShardSampler(ds, self.batch_size, world_size, rank)
+        return DataLoader(
+            _Indexed(ds),
+            batch_size=self.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -151,12 +254,12 @@ class VLMDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if not hasattr(self, "val_set"):
             self.setup("validate")
-        return self._loader(self.val_set, shuffle=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         if not hasattr(self, "test_set"):
             self.setup("test")
-        return self._loader(self.test_set, shuffle=False)
+        return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -21,10 +21,18 @@ class TokenSequence:
     cos: torch.Tensor  # [b, n, head_dim] rotary tables of each slot's original position
     sin: torch.Tensor
     masks: dict[str, torch.Tensor | None] = field(default_factory=dict)  # prefill masks, per format
+    _padded: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def length(self) -> int:
         return self.origin.shape[1]
+
+    @property
+    def padded(self) -> bool:
+        """True when some slot is padding. Cached: one host sync per sequence, not one per layer or step."""
+        if self._padded is None:
+            self._padded = not bool(self.valid.all())
+        return self._padded
 
     def visual_counts(self) -> torch.Tensor:
         return (self.visual & self.valid).sum(-1)

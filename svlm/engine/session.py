@@ -16,7 +16,10 @@ Each layer's KV cache then holds exactly the slots that layer saw.
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -63,6 +66,7 @@ class PruningSession:
         self.decisions: list[LayerDecision] = []
         self.step_masks: dict[tuple[int, int, int], torch.Tensor] = {}
         self.decode_steps = 0
+        self.scoring_seconds = 0.0
 
     def __enter__(self) -> PruningSession:
         self.attach()
@@ -134,6 +138,9 @@ class PruningSession:
                 overhead_flops=self.ctx.overhead_flops,
             )
         )
+        # Wall-clock seconds of the strategy's own work in this prefill (prepare, attention rows, select,
+        # gather): what pruning adds on top of the layers it shortens. ``svlm bench`` reports its share.
+        self.reports[-1].scoring_seconds = self.scoring_seconds
         self.prefill = False
 
     # -- decoder layers ------------------------------------------------------------------------------
@@ -211,7 +218,8 @@ class PruningSession:
             adapter=self.adapter,
         )
         if bool(visual.any()):
-            self.strategy.prepare(self.ctx)
+            with self._scoring_clock(hidden.device):
+                self.strategy.prepare(self.ctx)
             self.prune_at = self._validated_layers(self.strategy.prune_layers(self.ctx))
         else:
             warnings.warn("The inputs hold no visual tokens: running dense (nothing to prune).", stacklevel=2)
@@ -242,7 +250,25 @@ class PruningSession:
             )
         return layers
 
+    @contextmanager
+    def _scoring_clock(self, device: torch.device) -> Iterator[None]:
+        """Adds the enclosed time to ``scoring_seconds`` (synchronising first and last on CUDA only)."""
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(device)
+            self.scoring_seconds += time.perf_counter() - start
+
     def _prune(self, idx: int, hidden: torch.Tensor, seq: TokenSequence) -> torch.Tensor:
+        with self._scoring_clock(hidden.device):
+            return self._prune_now(idx, hidden, seq)
+
+    def _prune_now(self, idx: int, hidden: torch.Tensor, seq: TokenSequence) -> torch.Tensor:
         view = LayerView(layer=idx, hidden=hidden, visual=seq.visual, valid=seq.valid, origin=seq.origin)
         rows = self.strategy.attention_rows(self.ctx, view) if idx >= 0 else None
         if rows is not None:
@@ -304,10 +330,17 @@ class PruningSession:
             reduce_heads=not self.strategy.needs_head_attention,
         )
 
+    def _unmasked(self, seq: TokenSequence) -> bool:
+        """SDPA on a sequence without padding needs no mask: ``attention_mask=None`` lets transformers call
+        SDPA with ``is_causal=True`` (its fastest kernels, GQA without repeating k/v) instead of a [b, n, n]
+        boolean mask. Eager attention always needs the mask; FlashAttention gets its 2-D padding mask."""
+        return self.fmt == "bool" and not seq.padded
+
     def _with_sequence(self, args: tuple, kwargs: dict, seq: TokenSequence) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
         if self.fmt not in seq.masks:
-            seq.masks[self.fmt] = prefill_mask(seq.valid, self.fmt, hidden.dtype)
+            unmasked = self._unmasked(seq)
+            seq.masks[self.fmt] = None if unmasked else prefill_mask(seq.valid, self.fmt, hidden.dtype)
         kwargs = dict(kwargs)
         kwargs["position_embeddings"] = (seq.cos, seq.sin)
         kwargs["attention_mask"] = seq.masks[self.fmt]
@@ -322,11 +355,15 @@ class PruningSession:
         cache = kwargs.get("past_key_values")
         if cache is None:
             raise InputError("Decoding after pruning needs the KV cache of the prefill (use_cache=True).")
-        past = cache.layers[idx].get_seq_length()
-        key = (id(seq), past, hidden.shape[1])
-        if key not in self.step_masks:
-            self.step_masks[key] = decode_mask(seq.valid, past, hidden.shape[1], self.fmt, hidden.dtype)
+        q_len = hidden.shape[1]
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = self.step_masks[key]
         kwargs["position_ids"] = None
+        if q_len == 1 and self._unmasked(seq):  # one new token sees every cached slot: no mask at all
+            kwargs["attention_mask"] = None
+            return args, kwargs
+        past = cache.layers[idx].get_seq_length()
+        key = (id(seq), past, q_len)
+        if key not in self.step_masks:
+            self.step_masks[key] = decode_mask(seq.valid, past, q_len, self.fmt, hidden.dtype)
+        kwargs["attention_mask"] = self.step_masks[key]
         return args, kwargs

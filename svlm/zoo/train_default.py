@@ -470,11 +470,12 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     val = evaluate(model, processor, "val", cfg.eval_samples, cfg.seed, image_size=cfg.data_image_size)
     val.update(step=cfg.steps, elapsed_s=round(time.perf_counter() - start, 1))
     log["val"].append(val)
-    log["test_dense"] = evaluate(
-        model, processor, "test", cfg.test_samples, 0, image_size=cfg.data_image_size
-    )
+    if cfg.test_samples > 0:
+        log["test_dense"] = evaluate(
+            model, processor, "test", cfg.test_samples, 0, image_size=cfg.data_image_size
+        )
     log["total_time_s"] = round(time.perf_counter() - start, 1)
-    print(json.dumps({"val": val, "test_dense": log["test_dense"]}), flush=True)
+    print(json.dumps({"val": val, "test_dense": log.get("test_dense")}), flush=True)
     if output_dir is not None:
         save(model, processor, log, output_dir)
     return log

@@ -1,0 +1,966 @@
+"""``svlm bench``: wall-clock prefill, time to first token, decoding speed, memory and FLOPs of strategies.
+
+    svlm bench --config configs/bench.yaml                       # what `make bench` runs (CPU, ~100M model)
+    svlm bench --model tiny:llava --strategies '[dense, random]' --budgets '[64]' --repeats 1
+
+What is measured, per row (one strategy at one budget and batch size, or a reference model):
+
+* ``prefill_s``: the first forward of ``generate`` (vision tower, all decoder layers, every svlm hook, the
+  last position's logits); ``ttft_s``: from the ``generate`` call until the first new token exists;
+  ``decode_tok_s``: new tokens per second after it; ``generate_s``: the whole call. Every call produces
+  exactly ``max_new_tokens`` tokens (``min_new_tokens`` is set), so rows are comparable.
+* ``peak_mem_mb``: memory the call needs beyond what was allocated before it. CUDA:
+  ``max_memory_allocated``; CPU (Linux): growth of the peak resident set (``VmHWM``) after returning freed
+  heap to the system (``malloc_trim``), measured in a separate, untimed run.
+* ``kv_cache_mb``: bytes of the KV cache that decoding starts from (measured on the cache object).
+* ``flops_speedup``: analytic dense / sparse prefill FLOPs (svlm's convention: the full n x n attention
+  rectangle, as ``FlopCounterMode`` counts it); ``efficiency`` = ``prefill_speedup / flops_speedup``: how
+  close the measured speed-up comes to the FLOPs limit. ``efficiency_causal`` uses FLOPs that count only
+  the causal half of attention, which is what SDPA's causal kernels execute.
+* ``scoring_s`` / ``scoring_share``: time svlm spends choosing and gathering tokens
+  (``Report.scoring_seconds``: the strategy's ``prepare``, attention rows, ``select`` and the gather) and
+  its share of the dense prefill.
+
+Timing discipline: every row is first run ``warmup`` times, then the rows are run round-robin
+(``repeats`` rounds, alternating direction) so that slow drift of a shared machine hits all rows alike;
+medians are reported, and speed-ups are medians of per-round ratios against the reference row of the same
+round. ``num_threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole run and restored
+afterwards: on a small shared CPU, one intra-op thread gives the most repeatable numbers.
+``prefill_cpu_s`` (process CPU time of the prefill) shows contention: with one thread it is close to
+``prefill_s`` on an idle machine.
+
+The optional comparison runs the PyPI package ``sparsevlm`` (``pip install 'svlm[bench]'``) next to svlm
+on one Qwen2.5-VL model, at the same keep ratio, in the same rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "COMPARE_MODEL",
+    "ROW_COLUMNS",
+    "bench",
+    "bench_parser",
+    "cache_bytes",
+    "efficiency",
+    "format_table",
+    "paired_speedup",
+]
+
+DEFAULT_QUESTION = "What is shown in the image? Answer the question using a single word or phrase."
+#: ~103M-parameter Qwen2.5-VL-shaped random model with 576 visual tokens (the comparison's default).
+COMPARE_MODEL = "tiny:qwen2_5_vl?num_layers=32&hidden_size=512&num_attention_heads=8&intermediate_size=1376"
+PYPI_LABEL = "sparsevlm-pypi"
+
+#: Columns of the CSV (and keys of each JSON row), in order.
+ROW_COLUMNS: tuple[str, ...] = (
+    "section",
+    "label",
+    "strategy",
+    "budget_target",
+    "batch_size",
+    "attn_implementation",
+    "budget",
+    "budget_output",
+    "visual_tokens",
+    "prefill_s",
+    "prefill_cpu_s",
+    "ttft_s",
+    "decode_tok_s",
+    "generate_s",
+    "per_sample_prefill_s",
+    "peak_mem_mb",
+    "kv_cache_mb",
+    "prefill_gflops",
+    "dense_prefill_gflops",
+    "flops_ratio",
+    "flops_speedup",
+    "flops_speedup_causal",
+    "prefill_speedup",
+    "generate_speedup",
+    "efficiency",
+    "efficiency_causal",
+    "scoring_s",
+    "scoring_share",
+    "batch_gain",
+    "speedup_vs_pypi",
+    "prefill_speedup_vs_pypi",
+    "error",
+)
+
+
+# -- pure helpers (unit-tested) ---------------------------------------------------------------------------
+
+
+def paired_speedup(reference: Sequence[float], measured: Sequence[float]) -> float:
+    """Median over rounds of ``reference[r] / measured[r]``: robust to drift that hits a whole round."""
+    ratios = [a / b for a, b in zip(reference, measured, strict=True) if b > 0 and math.isfinite(a / b)]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def efficiency(speedup: float, dense_flops: float, sparse_flops: float) -> float:
+    """``speedup / (dense_flops / sparse_flops)``: 1.0 means the run is exactly as much faster as it does
+    fewer FLOPs; below 1, fixed costs or slower small kernels eat part of the saving."""
+    if not (sparse_flops > 0 and dense_flops > 0) or not math.isfinite(speedup):
+        return math.nan
+    return speedup / (dense_flops / sparse_flops)
+
+
+def cache_bytes(cache: Any) -> int | None:
+    """Bytes held by the key and value tensors of a transformers cache (``None`` if it has no layers)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return None
+    total = 0
+    for layer in layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table; ``cols`` are (key, header, format). Missing / NaN values print as ``-``."""
+
+    def cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        return fmt.format(v)
+
+    head = [h for _, h, _ in cols]
+    body = [[cell(r, k, f) for k, _, f in cols] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(head), *(line(b) for b in body)])
+
+
+# -- measuring one call ---------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Run:
+    """Timestamps and sizes of one timed ``generate``-like call."""
+
+    prefill_s: float = math.nan
+    prefill_cpu_s: float = math.nan
+    ttft_s: float = math.nan
+    generate_s: float = math.nan
+    decode_tok_s: float = math.nan
+    kv_bytes: int | None = None
+    scoring_s: float = math.nan
+
+
+class _ForwardClock:
+    """Records the top-level forward calls of one generation.
+
+    The pre-hook is prepended (it runs before svlm's hooks); the matching post-hook is registered from
+    inside it, i.e. after svlm's, so a forward's time includes all of svlm's work on it.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.cpu_starts: list[float] = []
+        self.cpu_ends: list[float] = []
+        self.kv_after_prefill: int | None = None
+        self.kv_first_step: int | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _ForwardClock:
+        self._handles.append(
+            self.model.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(self.starts) == 1:  # the cache decoding starts from (after any pruning between the calls)
+            self.kv_first_step = cache_bytes(kwargs.get("past_key_values"))
+        _sync(self.device)
+        self.starts.append(time.perf_counter())
+        self.cpu_starts.append(time.process_time())
+        self._handles.append(module.register_forward_hook(self._end, with_kwargs=True, always_call=True))
+
+    def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        _sync(self.device)
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+        self._handles.pop().remove()
+        if len(self.ends) == 1:
+            self.kv_after_prefill = cache_bytes(getattr(output, "past_key_values", None))
+
+
+@dataclass
+class _Runner:
+    """One row: a callable that generates ``new_tokens`` tokens for ``batch`` samples."""
+
+    label: str
+    section: str
+    strategy: str
+    call: Callable[[], Any]
+    model: nn.Module
+    inputs: Any
+    device: torch.device
+    batch: int
+    new_tokens: int
+    budget_target: float | None = None
+    attn_implementation: str = "sdpa"
+    sparse: Any = None  # svlm.SparseModel for svlm rows
+    token_forward: int = 0  # index of the forward that yields the first new token
+    flops: tuple[float, float, float, float] | None = None  # sparse, dense, sparse causal, dense causal
+    runs: list[Run] = field(default_factory=list)
+    peak_mem_mb: float = math.nan
+    report: Any = None
+    error: str | None = None
+
+    def run(self) -> Run:
+        with _ForwardClock(self.model, self.device) as clock:
+            _sync(self.device)
+            start = time.perf_counter()
+            self.call()
+            _sync(self.device)
+            end = time.perf_counter()
+        out = Run(generate_s=end - start)
+        if clock.ends:
+            out.prefill_s = clock.ends[0] - clock.starts[0]
+            out.prefill_cpu_s = clock.cpu_ends[0] - clock.cpu_starts[0]
+        if len(clock.ends) > self.token_forward:
+            first = clock.ends[self.token_forward]
+            out.ttft_s = first - start
+            if self.new_tokens > 1 and end > first:
+                out.decode_tok_s = self.batch * (self.new_tokens - 1) / (end - first)
+        out.kv_bytes = clock.kv_first_step if clock.kv_first_step is not None else clock.kv_after_prefill
+        if self.sparse is not None and self.sparse.last_report is not None:
+            self.report = self.sparse.last_report
+            out.scoring_s = float(getattr(self.report, "scoring_seconds", math.nan))
+        return out
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+
+_LIBC: Any = None
+
+
+def _malloc_trim() -> None:
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        _LIBC = ctypes.CDLL(name) if name else False
+    if _LIBC and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    if match is None:
+        raise OSError(f"/proc/self/status has no {key}")
+    return int(match.group(1)) * 1024
+
+
+def memory_method(device: torch.device) -> str:
+    """How ``peak_mem_mb`` is measured on ``device`` (recorded in the JSON)."""
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated - memory_allocated before the call"
+    if os.path.exists("/proc/self/clear_refs"):
+        return "peak RSS growth (VmHWM reset via /proc/self/clear_refs, after malloc_trim)"
+    return "unavailable on this platform"
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
+    """Extra memory (MiB) that ``fn()`` needs at its peak; NaN where it cannot be measured."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        _malloc_trim()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        base = _proc_status("VmRSS")
+    except OSError:
+        fn()
+        return math.nan
+    fn()
+    return max(0, _proc_status("VmHWM") - base) / 2**20
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------------
+
+
+def _flops(config: Any, tokens: Sequence[Sequence[int]], inputs: Mapping[str, Any], extra: float) -> tuple:
+    """(FLOPs, causal FLOPs) of a prefill with ``tokens[sample][layer]`` tokens, summed over samples."""
+    from svlm import flops
+
+    total = causal = extra
+    for b, per_layer in enumerate(tokens):
+        vision = flops.vision_kwargs(config, dict(inputs), b)
+        total += flops.prefill_flops(config, per_layer, **vision).total
+        causal += flops.prefill_flops(config, per_layer, causal=True, **vision).total
+    return total, causal
+
+
+def _dense_tokens(inputs: Mapping[str, Any], num_layers: int) -> list[list[int]]:
+    mask = inputs.get("attention_mask")
+    ids = inputs["input_ids"]
+    counts = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+    return [[int(n)] * num_layers for n in counts]
+
+
+def _runner_flops(runner: _Runner) -> None:
+    config, inputs = runner.model.config, runner.inputs
+    num_layers = int(config.get_text_config(decoder=True).num_hidden_layers)
+    dense, dense_causal = _flops(config, _dense_tokens(inputs, num_layers), inputs, 0.0)
+    report = runner.report
+    if report is None:  # reference rows (and the PyPI package, whose prefill is dense) run dense FLOPs
+        runner.flops = (dense, dense, dense_causal, dense_causal)
+        return
+    sparse, sparse_causal = _flops(config, report.tokens, inputs, report.scoring_flops)
+    runner.flops = (sparse, dense, sparse_causal, dense_causal)
+
+
+# -- building the rows ----------------------------------------------------------------------------------
+
+
+def _label(name: str, budget: float | None, batch: int, main_batch: int) -> str:
+    label = name if budget is None else f"{name}-{budget:g}"
+    return label if batch == main_batch else f"{label}@b{batch}"
+
+
+def _inputs(processor: Any, family: str, batch: int, image_size: int | None, question: str, device) -> Any:
+    from svlm.testing import random_image
+
+    size = (image_size, image_size) if image_size else (336, 336)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    images = [random_image(seed=i, size=size) for i in range(batch)]
+    return processor(images=images, text=[prompt] * batch, padding=True, return_tensors="pt").to(device)
+
+
+def _cast_pixels(inputs: Any, model: nn.Module) -> Any:
+    dtype = next(model.parameters()).dtype
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs and inputs[key].is_floating_point():
+            inputs[key] = inputs[key].to(dtype)
+    return inputs
+
+
+def _generate_kwargs(new_tokens: int) -> dict[str, Any]:
+    return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+
+
+def _hf_runner(label, section, model, inputs, device, batch, new_tokens, attn) -> _Runner:
+    kwargs = _generate_kwargs(new_tokens)
+    return _Runner(
+        label=label,
+        section=section,
+        strategy="hf",
+        call=lambda: model.generate(**inputs, **kwargs),
+        model=model,
+        inputs=inputs,
+        device=device,
+        batch=batch,
+        new_tokens=new_tokens,
+        attn_implementation=attn,
+    )
+
+
+def _svlm_runner(label, section, model, inputs, device, batch, new_tokens, name, budget, attn) -> _Runner:
+    import svlm
+
+    strategy = svlm.build_strategy(name) if budget is None else svlm.build_strategy(name, budget=budget)
+    sparse = svlm.sparsify(model, strategy)
+    kwargs = _generate_kwargs(new_tokens)
+    return _Runner(
+        label=label,
+        section=section,
+        strategy=name,
+        call=lambda: sparse.generate(**inputs, **kwargs),
+        model=model,
+        inputs=inputs,
+        device=device,
+        batch=batch,
+        new_tokens=new_tokens,
+        budget_target=budget,
+        attn_implementation=attn,
+        sparse=sparse,
+    )
+
+
+def _pypi_runner(model, processor, inputs, device, new_tokens, keep: float, image_token_id: int) -> _Runner:
+    """The PyPI ``sparsevlm`` package's own entry point, called exactly as its README shows."""
+    from sparsevlm import sparsevlm_generate
+
+    n_vis = int((inputs["input_ids"][0] == image_token_id).sum())
+    keep_n_vis = max(1, round(n_vis * keep))
+    model.generation_config.min_new_tokens = new_tokens  # its generate() takes no kwargs; same token count
+
+    def call() -> Any:
+        return sparsevlm_generate(
+            model,
+            processor,
+            inputs,
+            n_vis=n_vis,
+            keep_n_vis=keep_n_vis,
+            max_new_tokens=new_tokens,
+            device=str(device),
+        )
+
+    return _Runner(
+        label=PYPI_LABEL,
+        section="comparison",
+        strategy=PYPI_LABEL,
+        call=call,
+        model=model,
+        inputs=inputs,
+        device=device,
+        batch=1,
+        new_tokens=new_tokens,
+        budget_target=keep,
+        attn_implementation="eager",
+        token_forward=1,  # it re-feeds the last prompt token through generate() after pruning the cache
+    )
+
+
+# -- measuring a group of rows --------------------------------------------------------------------------
+
+
+def _measure(runners: list[_Runner], warmup: int, repeats: int, progress: Any, device) -> None:
+    """Warm up every row, run the rounds interleaved (alternating order), then one memory run per row."""
+    alive = [r for r in runners if r.error is None]
+    for runner in alive:
+        for _ in range(warmup):
+            try:
+                runner.run()
+            except Exception as err:  # a strategy that cannot run this point: recorded, not fatal
+                runner.error = f"{type(err).__name__}: {err}"
+                break
+            finally:
+                progress.update(1)
+    alive = [r for r in alive if r.error is None]
+    for rnd in range(repeats):
+        for runner in alive if rnd % 2 == 0 else alive[::-1]:
+            runner.runs.append(runner.run())
+            progress.update(1)
+    for runner in alive:
+        runner.peak_mem_mb = peak_memory_mb(runner.run, device)
+        progress.update(1)
+
+
+def _row(runner: _Runner, reference: _Runner | None, dense_prefill_s: float) -> dict[str, Any]:
+    runs = runner.runs
+    row: dict[str, Any] = {
+        "section": runner.section,
+        "label": runner.label,
+        "strategy": runner.strategy,
+        "budget_target": runner.budget_target,
+        "batch_size": runner.batch,
+        "attn_implementation": runner.attn_implementation,
+    }
+    if runner.error is not None:
+        row["error"] = runner.error
+        return row
+    prefill = [r.prefill_s for r in runs]
+    row.update(
+        prefill_s=_median(prefill),
+        prefill_cpu_s=_median([r.prefill_cpu_s for r in runs]),
+        ttft_s=_median([r.ttft_s for r in runs]),
+        decode_tok_s=_median([r.decode_tok_s for r in runs]),
+        generate_s=_median([r.generate_s for r in runs]),
+        per_sample_prefill_s=_median(prefill) / runner.batch,
+        peak_mem_mb=runner.peak_mem_mb,
+        kv_cache_mb=(runs[-1].kv_bytes / 2**20) if runs and runs[-1].kv_bytes is not None else None,
+    )
+    if runner.report is None:  # reference rows and the PyPI package: every visual token enters every layer
+        from svlm.adapters import adapter_for
+
+        visual = adapter_for(runner.model).visual_mask(runner.inputs["input_ids"]).sum(-1).float()
+        row["budget"] = float(visual.mean())
+    else:
+        row.update(
+            budget=runner.report.budget,
+            budget_output=runner.report.budget_output,
+            visual_tokens=runner.report.visual_tokens[0],
+        )
+        row["scoring_s"] = _median([r.scoring_s for r in runs])
+        row["scoring_share"] = row["scoring_s"] / dense_prefill_s if dense_prefill_s > 0 else math.nan
+    if runner.flops is not None:
+        sparse, dense, sparse_causal, dense_causal = runner.flops
+        row.update(
+            prefill_gflops=sparse / 1e9,
+            dense_prefill_gflops=dense / 1e9,
+            flops_ratio=sparse / dense,
+            flops_speedup=dense / sparse,
+            flops_speedup_causal=dense_causal / sparse_causal,
+        )
+    if reference is not None and reference.runs:
+        row["prefill_speedup"] = paired_speedup([r.prefill_s for r in reference.runs], prefill)
+        row["generate_speedup"] = paired_speedup(
+            [r.generate_s for r in reference.runs], [r.generate_s for r in runs]
+        )
+        if runner.flops is not None:
+            sparse, dense, sparse_causal, dense_causal = runner.flops
+            row["efficiency"] = efficiency(row["prefill_speedup"], dense, sparse)
+            row["efficiency_causal"] = efficiency(row["prefill_speedup"], dense_causal, sparse_causal)
+    return row
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+SPEED_COLUMNS = [
+    ("label", "label", "{}"),
+    ("batch_size", "b", "{}"),
+    ("budget", "budget", "{:.1f}"),
+    ("prefill_s", "prefill_s", "{:.4f}"),
+    ("prefill_cpu_s", "cpu_s", "{:.4f}"),
+    ("ttft_s", "ttft_s", "{:.4f}"),
+    ("decode_tok_s", "decode_tok/s", "{:.1f}"),
+    ("generate_s", "generate_s", "{:.4f}"),
+    ("peak_mem_mb", "peak_MB", "{:.1f}"),
+    ("kv_cache_mb", "kv_MB", "{:.2f}"),
+    ("prefill_gflops", "GFLOPs", "{:.2f}"),
+    ("flops_speedup", "flops_x", "{:.2f}"),
+    ("prefill_speedup", "prefill_x", "{:.2f}"),
+    ("efficiency", "eff", "{:.3f}"),
+    ("efficiency_causal", "eff_causal", "{:.3f}"),
+    ("scoring_share", "scoring", "{:.2%}"),
+    ("generate_speedup", "generate_x", "{:.2f}"),
+    ("batch_gain", "batch_gain", "{:.2f}"),
+]
+COMPARE_COLUMNS = [
+    ("label", "label", "{}"),
+    ("attn_implementation", "attn", "{}"),
+    ("budget", "budget", "{:.1f}"),
+    ("prefill_s", "prefill_s", "{:.4f}"),
+    ("ttft_s", "ttft_s", "{:.4f}"),
+    ("decode_tok_s", "decode_tok/s", "{:.1f}"),
+    ("generate_s", "generate_s", "{:.4f}"),
+    ("peak_mem_mb", "peak_MB", "{:.1f}"),
+    ("kv_cache_mb", "kv_MB", "{:.2f}"),
+    ("flops_speedup", "flops_x", "{:.2f}"),
+    ("generate_speedup", "vs_hf_sdpa", "{:.2f}"),
+    ("speedup_vs_pypi", "vs_pypi", "{:.2f}"),
+    ("prefill_speedup_vs_pypi", "prefill_vs_pypi", "{:.2f}"),
+]
+
+
+def _target(name: str, value: float, threshold: float, higher: bool = True) -> dict[str, Any]:
+    met = math.isfinite(value) and (value >= threshold if higher else value <= threshold)
+    return {"target": name, "value": value, "threshold": threshold, "met": bool(met)}
+
+
+def _targets(rows: list[dict], comparison: list[dict], seconds: float, budget: float | None) -> list[dict]:
+    out = []
+    main = [r for r in rows if r["section"] == "speed" and r.get("efficiency") is not None]
+    for r in main:
+        if budget is not None and r.get("budget_target") == budget and r["strategy"] != "dense":
+            out.append(_target(f"{r['label']}: prefill speedup / FLOPs ratio >= 0.9", r["efficiency"], 0.9))
+    shares = [r["scoring_share"] for r in main if r.get("scoring_share") is not None]
+    if shares:
+        worst = max(shares)
+        out.append(_target("scoring <= 3% of dense prefill (worst row)", worst, 0.03, higher=False))
+    for r in rows:
+        if r.get("batch_gain") is not None:
+            out.append(_target(f"{r['label']}: per-sample prefill faster than batch 1", r["batch_gain"], 1.0))
+    for r in comparison:
+        if r.get("speedup_vs_pypi") is not None and r["label"] != PYPI_LABEL and r["strategy"] != "hf":
+            out.append(_target(f"{r['label']}: >= 3x faster than PyPI sparsevlm", r["speedup_vs_pypi"], 3.0))
+            out.append(_target(f"{r['label']}: >= 2x faster than dense SDPA", r["generate_speedup"], 2.0))
+    out.append(_target("benchmark wall time (s) < 600", seconds, 600.0, higher=False))
+    return out
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("transformers", "svlm", "sparsevlm"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+@contextlib.contextmanager
+def _threads(num_threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 (or null for torch's default), got {num_threads}")
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def bench(
+    model: str = "tiny:llava",
+    strategies: list[str] | None = None,
+    budgets: list[float] | None = None,
+    batch_size: int = 1,
+    batch_sizes: list[int] | None = None,
+    batch_strategies: list[str] | None = None,
+    image_size: int | None = None,
+    question: str = DEFAULT_QUESTION,
+    max_new_tokens: int = 8,
+    repeats: int = 5,
+    warmup: int = 1,
+    num_threads: int | None = 1,
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    device: str = "auto",
+    compare_sparsevlm: bool = False,
+    compare_model: str = COMPARE_MODEL,
+    compare_keep: float = 0.25,
+    compare_strategies: list[str] | None = None,
+    output: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure prefill, time to first token, decoding speed, memory, KV cache and FLOPs of strategies.
+
+    The unwrapped Hugging Face model (row ``hf``) is the reference of every speed-up; ``dense`` is svlm's
+    no-pruning run (its gap to ``hf`` is the wrapper's overhead). Every other strategy runs at every budget.
+    Rows are warmed up, then timed round-robin; medians are reported (see the module docstring).
+
+    Args:
+        model: Hugging Face id, local folder, ``zoo:<name>`` or ``tiny:<family>[?key=value&...]``.
+        strategies: Strategy names or class paths (default: dense and every registered strategy).
+        budgets: Target mean visual tokens per layer of the pruning strategies (default 192, 128, 64).
+        batch_size: Images per call in the main table.
+        batch_sizes: Further batch sizes, timed in the same rounds, to compare per-sample cost with
+            ``batch_size`` (rows ``<label>@b<N>``; the reference ``hf`` runs at each size too).
+        batch_strategies: Strategies run at ``batch_sizes`` (at the smallest budget; default: all).
+        image_size: Side of the synthetic square images in pixels (default 336; Qwen models resize).
+        question: Prompt text for every sample.
+        max_new_tokens: Tokens generated by every call (``min_new_tokens`` is set to the same value).
+        repeats: Timed rounds (medians reported).
+        warmup: Untimed calls per row before the rounds.
+        num_threads: ``torch.set_num_threads`` for the run (restored afterwards); null keeps torch's default.
+        dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        compare_sparsevlm: Also run the PyPI package ``sparsevlm`` (``pip install 'svlm[bench]'``) on
+            ``compare_model`` next to dense SDPA, dense eager and svlm at the same keep ratio.
+        compare_model: A Qwen2.5-VL model spec for the comparison (default: ~100M random, 576 visual tokens).
+        compare_keep: Share of visual tokens kept in the comparison (svlm budget = this fraction).
+        compare_strategies: svlm strategies in the comparison (default: sparsevlm).
+        output: JSON file for the results (written atomically, with a CSV of all rows next to it).
+        progress: Show a tqdm progress bar on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    import svlm
+    from svlm.models import load_vlm, resolve_device
+    from svlm.results import atomic_write_csv, atomic_write_json
+
+    if repeats < 1 or batch_size < 1 or warmup < 0 or max_new_tokens < 1:
+        raise ValueError(
+            "repeats, batch_size and max_new_tokens must be >= 1 and warmup >= 0; got "
+            f"repeats={repeats}, batch_size={batch_size}, max_new_tokens={max_new_tokens}, warmup={warmup}"
+        )
+    extra_batches = [b for b in dict.fromkeys(batch_sizes or []) if b != batch_size]
+    if any(b < 1 for b in extra_batches):
+        raise ValueError(f"batch_sizes must be >= 1, got {batch_sizes}")
+    if not 0 < compare_keep < 1:
+        raise ValueError(f"compare_keep is a share of visual tokens in (0, 1), got {compare_keep}")
+    names = list(dict.fromkeys(strategies or ["dense", *svlm.available_strategies()]))
+    for name in names:  # fail before any model loads
+        svlm.build_strategy(name) if name == "dense" else svlm.build_strategy(name, budget=64)
+    budgets = list(budgets or [192, 128, 64])
+    pypi_error = None
+    if compare_sparsevlm:
+        try:
+            importlib.metadata.version("sparsevlm")
+        except importlib.metadata.PackageNotFoundError:
+            pypi_error = "the PyPI package sparsevlm is not installed (pip install 'svlm[bench]')"
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    with _threads(num_threads), torch.inference_mode():
+        vlm, processor, family = load_vlm(model, dtype, dev, attn_implementation)
+        inputs = {
+            b: _inputs(processor, family, b, image_size, question, dev) for b in [batch_size, *extra_batches]
+        }
+        for batch_inputs in inputs.values():
+            _cast_pixels(batch_inputs, vlm)
+        runners: list[_Runner] = []
+        for b in [batch_size, *extra_batches]:
+            runners.append(
+                _hf_runner(
+                    _label("hf", None, b, batch_size),
+                    "speed",
+                    vlm,
+                    inputs[b],
+                    dev,
+                    b,
+                    max_new_tokens,
+                    attn_implementation,
+                )
+            )
+            points = [(n, None) if n == "dense" else (n, x) for n in names for x in budgets]
+            if b != batch_size:
+                chosen = batch_strategies or [n for n in names if n != "dense"]
+                points = [(n, min(budgets)) for n in chosen]
+            for name, budget in dict.fromkeys(points):
+                runners.append(
+                    _svlm_runner(
+                        _label(name, budget, b, batch_size),
+                        "speed",
+                        vlm,
+                        inputs[b],
+                        dev,
+                        b,
+                        max_new_tokens,
+                        name,
+                        budget,
+                        attn_implementation,
+                    )
+                )
+        compare_runners: list[_Runner] = []
+        compare_inputs = None
+        if compare_sparsevlm and pypi_error is None:
+            compare_runners, compare_inputs = _comparison_runners(
+                compare_model,
+                dtype,
+                dev,
+                max_new_tokens,
+                compare_keep,
+                compare_strategies or ["sparsevlm"],
+                image_size,
+                question,
+            )
+        total = (warmup + repeats + 1) * (len(runners) + len(compare_runners))
+        with tqdm(total=total, desc="svlm bench", disable=not progress, file=sys.stderr) as bar:
+            _measure(runners, warmup, repeats, bar, dev)
+            if compare_runners:
+                _measure(compare_runners, warmup, repeats, bar, dev)
+
+        for runner in runners + compare_runners:
+            if runner.error is None:
+                _runner_flops(runner)
+        rows = _rows(runners, batch_size)
+        comparison = _comparison_rows(compare_runners) if compare_runners else []
+
+    seconds = time.perf_counter() - started
+    targets = _targets(rows, comparison, seconds, min(budgets) if budgets else None)
+    meta = {
+        "model": model,
+        "family": family,
+        "parameters": sum(p.numel() for p in vlm.parameters()),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "num_threads": num_threads if num_threads is not None else torch.get_num_threads(),
+        "dtype": str(next(vlm.parameters()).dtype),
+        "attn_implementation": attn_implementation,
+        "prompt_tokens": int(inputs[batch_size]["input_ids"].shape[1]),
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "warmup": warmup,
+        "memory": memory_method(dev),
+        "load_average_start": load_avg,
+        "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "seconds": seconds,
+        "versions": _versions(),
+        "command": "svlm " + " ".join(sys.argv[1:]) if sys.argv and "svlm" in sys.argv[0] else None,
+    }
+    notes = _comparison_notes(compare_inputs, compare_runners, compare_keep, pypi_error)
+    _print(meta, rows, comparison, targets, notes)
+    if output is not None:
+        output = Path(output)
+        result = {"meta": meta, "rows": rows, "comparison": comparison, "notes": notes, "targets": targets}
+        atomic_write_json(output, result)
+        atomic_write_csv(output.with_suffix(".csv"), rows + comparison, columns=ROW_COLUMNS)
+        print(f"results: {output.resolve()} (+ {output.with_suffix('.csv').name})")
+    return rows
+
+
+def _rows(runners: list[_Runner], main_batch: int) -> list[dict[str, Any]]:
+    references = {r.batch: r for r in runners if r.strategy == "hf"}
+    dense_prefill = _median([x.prefill_s for x in references[main_batch].runs]) if references else math.nan
+    by_label = {(r.strategy, r.budget_target): r for r in runners if r.batch == main_batch}
+    rows = []
+    for runner in runners:
+        reference = references.get(runner.batch)
+        dense_s = _median([x.prefill_s for x in reference.runs]) if reference else dense_prefill
+        row = _row(runner, reference, dense_s)
+        base = by_label.get((runner.strategy, runner.budget_target))
+        if runner.batch != main_batch and base is not None and base.runs and runner.runs:
+            per_sample_base = [x.prefill_s / base.batch for x in base.runs]
+            per_sample = [x.prefill_s / runner.batch for x in runner.runs]
+            row["batch_gain"] = paired_speedup(per_sample_base, per_sample)
+        rows.append(row)
+    return rows
+
+
+# -- the PyPI comparison --------------------------------------------------------------------------------
+
+
+def _comparison_runners(
+    spec: str,
+    dtype: str,
+    dev: torch.device,
+    new_tokens: int,
+    keep: float,
+    strategies: list[str],
+    image_size: int | None,
+    question: str,
+) -> tuple[list[_Runner], Any]:
+    """Rows on one Qwen2.5-VL model: dense SDPA (reference), dense eager, the PyPI package, svlm."""
+    from svlm.models import load_vlm
+
+    sdpa, processor, family = load_vlm(spec, dtype, dev, "sdpa")
+    if family not in ("qwen2_5_vl", "qwen2_vl"):
+        raise ValueError(
+            f"compare_model must be a Qwen2.5-VL (or Qwen2-VL) model, as the PyPI sparsevlm package supports "
+            f"only those; {spec!r} is a {family!r} model."
+        )
+    eager, _, _ = load_vlm(spec, dtype, dev, "eager")  # same weights (same files or seed), eager attention
+    inputs = _cast_pixels(_inputs(processor, family, 1, image_size, question, dev), sdpa)
+    runners = [
+        _hf_runner("hf", "comparison", sdpa, inputs, dev, 1, new_tokens, "sdpa"),
+        _hf_runner("hf-eager", "comparison", eager, inputs, dev, 1, new_tokens, "eager"),
+        _pypi_runner(eager, processor, inputs, dev, new_tokens, keep, int(sdpa.config.image_token_id)),
+    ]
+    for name in strategies:
+        label = f"{name}-{keep:g}"
+        runners.append(
+            _svlm_runner(label, "comparison", sdpa, inputs, dev, 1, new_tokens, name, keep, "sdpa")
+        )
+    return runners, inputs
+
+
+def _comparison_rows(runners: list[_Runner]) -> list[dict[str, Any]]:
+    reference = runners[0]
+    pypi = next((r for r in runners if r.label == PYPI_LABEL and r.runs), None)
+    dense_s = _median([x.prefill_s for x in reference.runs])
+    rows = []
+    for runner in runners:
+        row = _row(runner, reference, dense_s)
+        if pypi is not None and runner.runs:
+            row["speedup_vs_pypi"] = paired_speedup(
+                [x.generate_s for x in pypi.runs], [x.generate_s for x in runner.runs]
+            )
+            row["prefill_speedup_vs_pypi"] = paired_speedup(
+                [x.prefill_s for x in pypi.runs], [x.prefill_s for x in runner.runs]
+            )
+        rows.append(row)
+    return rows
+
+
+def _comparison_notes(inputs: Any, runners: list[_Runner], keep: float, error: str | None) -> list[str]:
+    if error is not None:
+        return [f"PyPI sparsevlm comparison skipped: {error}."]
+    if not runners or inputs is None:
+        return []
+    ids = inputs["input_ids"][0]
+    image_id = int(runners[0].model.config.image_token_id)
+    positions = (ids == image_id).nonzero().flatten()
+    n_vis = int(positions.numel())
+    first = int(positions[0]) if n_vis else -1
+    notes = [
+        f"PyPI sparsevlm: sparsevlm_generate(model, processor, inputs, n_vis={n_vis}, "
+        f"keep_n_vis={max(1, round(n_vis * keep))}, max_new_tokens=..., device=...) on the eager copy of the "
+        "same model (its README requires eager/sdpa and reads output_attentions, which only eager returns): "
+        "a full eager prefill that materialises every layer's attention weights, then the KV cache of every "
+        "layer is cut to the kept tokens and generate() re-feeds the last prompt token.",
+        f"PyPI sparsevlm scores attention[:, :, n_vis:, :n_vis], i.e. assumes the image tokens open the "
+        f"prompt; with this chat template they start at position {first}, so it ranks a window shifted by "
+        f"{first} tokens. This does not change its cost (same shapes), only which tokens it keeps.",
+        "svlm rows prune inside the prefill (fewer tokens through the layers), at budget = keep share x "
+        "visual tokens as the mean over layers; the PyPI package's prefill is dense (dense FLOPs).",
+    ]
+    return notes
+
+
+def _print(
+    meta: dict, rows: list[dict], comparison: list[dict], targets: list[dict], notes: list[str]
+) -> None:
+    print(
+        f"svlm bench: {meta['model']} ({meta['family']}, {meta['parameters'] / 1e6:.1f}M params, "
+        f"{meta['prompt_tokens']} prompt tokens) on {meta['device']} ({meta['device_name']}), "
+        f"{meta['num_threads']} thread(s), {meta['dtype']}, {meta['max_new_tokens']} new tokens, "
+        f"median of {meta['repeats']} interleaved rounds"
+    )
+    print(format_table([r for r in rows if "error" not in r], SPEED_COLUMNS))
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['label']}: not run ({r['error']})")
+    if comparison:
+        print("\nPyPI sparsevlm vs svlm (same Qwen2.5-VL model, same keep ratio, end-to-end generate):")
+        print(format_table([r for r in comparison if "error" not in r], COMPARE_COLUMNS))
+    for note in notes:
+        print(f"  note: {note}")
+    print("\ntargets:")
+    for t in targets:
+        value = t["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        print(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: {shown}")
+    print(f"bench time: {meta['seconds']:.0f} s")
+
+
+def bench_parser() -> Any:
+    """The jsonargparse parser of ``svlm bench`` (``--config`` plus one option per :func:`bench` argument)."""
+    import inspect
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="svlm bench", description=inspect.getdoc(bench), exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="Path to a YAML config of these options.")
+    parser.add_function_arguments(bench, as_positional=False)
+    return parser
+
+
+def main(args: Sequence[str]) -> int:
+    """``svlm bench [options]``: parse, run, exit code 0."""
+    parser = bench_parser()  # errors raise jsonargparse's ArgumentError; svlm.cli.main prints them
+    cfg = parser.parse_args(list(args))
+    cfg = parser.instantiate_classes(cfg).as_dict()
+    cfg.pop("config", None)
+    bench(**cfg)
+    return 0

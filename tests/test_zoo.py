@@ -1,0 +1,183 @@
+"""The shipped default model (svlm.zoo) and its training recipe (svlm.zoo.train_default).
+
+The shipped weights are loaded from the installed package offline; nothing here retrains them (the recipe's
+smoke mode runs a 2-layer model for a few steps).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+import svlm
+from svlm.data import shapes
+from svlm.zoo import DEFAULT_MODEL_NAME, default_model_path
+from svlm.zoo import train_default as recipe
+
+SIZE_BUDGET_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[LlavaForConditionalGeneration, object]:
+    path = default_model_path()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return model, processor
+
+
+def _inputs(processor, samples: list[dict]) -> dict:
+    prompts = [recipe.prompt_text(processor, s["question"]) for s in samples]
+    return processor(images=[s["image"] for s in samples], text=prompts, padding=True, return_tensors="pt")
+
+
+def test_default_model_path_is_inside_the_package() -> None:
+    path = Path(default_model_path())
+    assert path.name == DEFAULT_MODEL_NAME
+    assert path.parent == Path(svlm.zoo.__file__).resolve().parent
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
+        assert (path / name).is_file(), name
+
+
+def test_shipped_files_fit_the_size_budget() -> None:
+    path = Path(default_model_path())
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    assert 0 < weights < SIZE_BUDGET_BYTES
+    assert total < SIZE_BUDGET_BYTES
+
+
+def test_shipped_model_architecture(shipped) -> None:
+    model, processor = shipped
+    assert isinstance(model, LlavaForConditionalGeneration)
+    text = model.config.text_config
+    assert text.model_type == "llama" and text.num_hidden_layers == 32
+    assert model.config.vision_config.model_type == "clip_vision_model"
+    assert processor.tokenizer.padding_side == "left"
+    batch = _inputs(processor, [shapes.generate_sample(0, "test")])
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 256
+
+
+def test_shipped_model_forward_and_generate(shipped) -> None:
+    model, processor = shipped
+    samples = [shapes.generate_sample(i, "test") for i in range(2)]
+    batch = _inputs(processor, samples)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        ids = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
+    new = ids[:, batch["input_ids"].shape[1] :]
+    answers = [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    vocab = {a for answers in shapes.ANSWER_VOCAB.values() for a in answers}
+    assert all(a in vocab for a in answers), answers  # a trained model answers in the closed vocabulary
+    log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
+    assert log["test_dense"]["all"] >= 0.85
+
+
+def test_shipped_model_runs_pruned(shipped) -> None:
+    model, processor = shipped
+    batch = _inputs(processor, [shapes.generate_sample(i, "test") for i in range(2)])
+    sparse = svlm.sparsify(model, "random", budget=64)
+    ids = sparse.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert ids.shape[0] == 2
+    assert sparse.last_report.budget == pytest.approx(64, abs=1)
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+
+
+def test_derived_questions_are_answered_by_the_scene() -> None:
+    sample = shapes.generate_sample(7, "train")
+    qas = recipe.derived_questions(sample, 8, random.Random(0))
+    assert qas[0] == (sample["question"], sample["answer"])
+    assert len({q for q, _ in qas}) == len(qas) == 8
+    objs = sample["objects"]
+    for q, a in qas:
+        if q.startswith("How many"):
+            color = q.split()[2]
+            assert a == str(sum(o["color"] == color for o in objs))
+        elif q.startswith("Is there"):
+            color, shape = q[len("Is there a ") : -1].split()
+            assert a == ("yes" if any((o["color"], o["shape"]) == (color, shape) for o in objs) else "no")
+        elif q.startswith("Where is"):
+            color, shape = q[len("Where is the ") : -1].split()
+            (o,) = [o for o in objs if (o["color"], o["shape"]) == (color, shape)]
+            assert a == o["position"]
+        elif q.startswith("What color"):
+            (o,) = [o for o in objs if o["shape"] == q[len("What color is the ") : -1]]
+            assert a == o["color"]
+        else:
+            assert q.startswith("What shape is at the ")
+            assert a in shapes.SHAPES
+
+
+def test_derived_question_templates_match_the_benchmark() -> None:
+    """Every question the generator writes is one the recipe's templates can write (same wording)."""
+    made = set()
+    for i in range(40):
+        s = shapes.generate_sample(i, "train")
+        made |= {q for q, _ in recipe.derived_questions(s, 30, random.Random(i))[1:]}
+    asked = {shapes.generate_sample(i, "val")["question"] for i in range(60)}
+    assert asked & made and all(q.split()[:2] in [m.split()[:2] for m in made] for q in asked)
+
+
+def test_packed_branches_equal_single_question_forward() -> None:
+    """Each packed question branch gives the logits of the plain single-question evaluation prompt."""
+    cfg = recipe.RecipeConfig(**recipe.SMOKE)
+    model, processor = recipe.build_model(cfg)
+    model.eval()
+    samples = [shapes.generate_sample(i, "train", image_size=cfg.data_image_size) for i in range(2)]
+    qas = [recipe.derived_questions(s, 3, random.Random(i)) for i, s in enumerate(samples)]
+    batch = recipe.pack(processor, [s["image"] for s in samples], qas)
+    eos = processor.tokenizer.eos_token_id
+    with torch.no_grad():
+        hidden = model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+        packed = model.lm_head(hidden[batch.target_rows, batch.target_cols])
+        k = 0
+        for s, pairs in zip(samples, qas, strict=True):
+            for q, a in pairs:
+                inp = processor(
+                    images=[s["image"]], text=[recipe.prompt_text(processor, q) + " " + a], return_tensors="pt"
+                )
+                ids = torch.cat([inp["input_ids"], torch.tensor([[eos]])], dim=1)
+                logits = model(input_ids=ids, pixel_values=inp["pixel_values"]).logits[0]
+                n = len(processor.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) + 1
+                torch.testing.assert_close(packed[k : k + n], logits[-n - 1 : -1], atol=1e-4, rtol=1e-4)
+                assert batch.targets[k : k + n].tolist() == ids[0, -n:].tolist()
+                k += n
+    assert k == len(batch.targets)
+
+
+def test_recipe_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
+    log = recipe.main(["--smoke", "--output-dir", str(tmp_path), "--steps", "2"])
+    saved = json.loads((tmp_path / "training_log.json").read_text())
+    assert saved["config"]["steps"] == 2 and len(saved["steps"]) >= 1
+    assert {"loss", "lr", "elapsed_s"} <= set(saved["steps"][-1])
+    assert "train_time_s" in saved and "all" in saved["test_dense"]
+    assert log is None or isinstance(log, dict)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    batch = _inputs(processor, [shapes.generate_sample(0, "test", image_size=64)])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_recipe_is_deterministic() -> None:
+    cfg = recipe.RecipeConfig(**recipe.SMOKE)
+    _, processor = recipe.build_model(cfg)
+    a, b = recipe.train_batch(cfg, processor, 1), recipe.train_batch(cfg, processor, 1)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.pixel_values, b.pixel_values)
+    m1, _ = recipe.build_model(cfg)
+    m2, _ = recipe.build_model(cfg)
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
+
+
+def test_recipe_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        recipe.build_model(recipe.RecipeConfig(image_size=100))
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--steps", "many"])
