@@ -30,7 +30,14 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from svlm.calibrate.budget import Geometry, RankStats, RecordingSparseVLM, simulate, solve_multiplier
+from svlm.calibrate.budget import (
+    Geometry,
+    RankStats,
+    RecordingSparseVLM,
+    Simulation,
+    simulate,
+    solve_multiplier,
+)
 from svlm.calibrate.evaluation import BatchResult, PointTally, batch_result, relative_to_dense
 from svlm.calibrate.fidelity import (
     Answer,
@@ -259,9 +266,10 @@ class RankCalibrator(pl.LightningModule):
         values = fidelity(dense, answer.cpu())
         return values[self.objective], report, strategy
 
-    def _predicted_budget(self, ids: list[str], rule: Any) -> float:
+    def _predict(self, ids: list[str], rule: Any) -> Simulation:
+        """What ``rule`` keeps on these samples, from their cached singular values (the incumbent's)."""
         _, n_visual, n_text, svals = self.stats.pack(ids, steps=len(self.layers))
-        return float(simulate(self.geometry, rule, n_visual, n_text, svals).budget.mean())
+        return simulate(self.geometry, rule, n_visual, n_text, svals)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         ids = [str(i) for i in batch["ids"]]
@@ -279,11 +287,18 @@ class RankCalibrator(pl.LightningModule):
         if recording:
             self.stats.update_svals(ids, strategy_inc.records, steps)
 
+        kept = torch.stack([d.visual_after.cpu().double() for d in report_inc.decisions], dim=-1)
         values, runs = [], []
         for candidate in search.ask():
             m_c, rule_c = self.solve(candidate)
+            predicted = self._predict(ids, rule_c)
+            if torch.equal(predicted.counts, kept):
+                # same counts on every sample and step -> same kept tokens -> the incumbent's very run
+                values.append(float(f_inc.mean()))
+                runs.append((m_c, report_inc, strategy_inc, 0.0))
+                continue
             f_c, report_c, strategy_c = self._run(rule_c, inputs, dense)
-            gap = report_c.budget - self._predicted_budget(ids, rule_c)
+            gap = report_c.budget - float(predicted.budget.mean())
             if recording and abs(gap) > self.resolve_tolerance * self.budget:
                 saved = {i: self.stats.svals[i] for i in ids}
                 self.stats.update_svals(ids, strategy_c.records, steps)

@@ -8,7 +8,9 @@ One iteration: :meth:`ask` proposes ``offspring`` candidates (Gaussian steps of 
 ``coordinates`` randomly chosen coordinates, or on all of them), the caller evaluates the incumbent and the
 candidates *on the same batch* (a paired comparison, which cancels most of the sample-to-sample noise), and
 :meth:`tell` keeps the best candidate if it beats the incumbent and adapts ``sigma`` by the 1/5th success
-rule (grow on success, shrink slowly on failure).
+rule (grow on success, shrink slowly on failure). An exact tie (the candidate changed nothing on this batch,
+e.g. a threshold that does not matter at the current adaptivity) is accepted without changing ``sigma``: a
+neutral move lets the search drift across plateaus instead of shrinking its steps on them.
 """
 
 from __future__ import annotations
@@ -126,15 +128,19 @@ class EvolutionSearch(torch.optim.Optimizer):
             raise RuntimeError("tell() needs one value per candidate of the last ask().")
         best = min(range(len(candidate_values)), key=lambda i: candidate_values[i])
         margin = float(self.group["tolerance"]) * abs(incumbent_value)
-        success = math.isfinite(candidate_values[best]) and candidate_values[best] < incumbent_value - margin
-        if success:
+        value = candidate_values[best]
+        success = math.isfinite(value) and value < incumbent_value - margin
+        neutral = not success and value == incumbent_value
+        if success or neutral:
             self.incumbent.copy_(pending[best].to(self.incumbent))
             state["accepted"] += 1
-        factor = math.exp(1 / 3) if success else math.exp(-1 / 12)  # stationary at a 1/5 success rate
-        self.group["sigma"] = min(max(self.sigma * factor, self.group["sigma_min"]), self.group["sigma_max"])
+        if not neutral:
+            factor = math.exp(1 / 3) if success else math.exp(-1 / 12)  # stationary at a 1/5 success rate
+            sigma = min(max(self.sigma * factor, self.group["sigma_min"]), self.group["sigma_max"])
+            self.group["sigma"] = sigma
         state["iterations"] += 1
         state["pending"] = None
-        return best if success else None
+        return best if success or neutral else None
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """No-op on the parameter (:meth:`tell` moves it); lets Lightning count the iteration."""

@@ -66,4 +66,4 @@ def test_overlay_skips_dense_and_llava_next(tmp_path):
     cb, _ = _run("llava", tmp_path / "dense", "dense")
     assert cb.saved == [] and cb.skipped is None  # nothing pruned: nothing drawn
     cb, _ = _run("llava_next", tmp_path / "next", "random", budget=32)
-    assert cb.saved == [] and "not plain grids" in cb.skipped
+    assert cb.saved == [] and "no single token grid" in cb.skipped
