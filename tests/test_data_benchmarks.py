@@ -211,3 +211,18 @@ def test_jsonl_mirror_with_image_paths(tmp_path, cache):
     )
     with pytest.raises(DataError, match="cannot open image"):
         load_benchmark("pope", str(tmp_path / "test.jsonl"), cache_dir=cache)[0]
+
+
+def test_empty_jsonl_and_parquet_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from svlm.data.loading import load_split
+    from svlm.data.schema import EmptyDatasetError
+
+    (tmp_path / "test.jsonl").write_text("")
+    pq.write_table(pa.table({"question": pa.array([], pa.string())}), tmp_path / "test.parquet")
+    for name in ("test.jsonl", "test.parquet"):
+        with pytest.raises(EmptyDatasetError, match="has no rows"):
+            load_split(tmp_path / name, "train")

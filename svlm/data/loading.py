@@ -75,7 +75,10 @@ def load_split(
             raise DataError(f"unsupported data file {path!r}; expected one of {sorted(_BUILDERS)}")
         return _load_files({"train": [path]}, "train", cache_dir)
     if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
-        loaded = datasets.load_from_disk(str(p))
+        try:
+            loaded = datasets.load_from_disk(str(p))
+        except (IndexError, StopIteration) as err:  # datasets' errors for a folder without rows
+            raise EmptyDatasetError(f"dataset folder {path!r} has no rows") from err
         return _pick(loaded, split, path) if isinstance(loaded, datasets.DatasetDict) else loaded
     if config and (p / config).is_dir():
         p = p / config
@@ -92,13 +95,35 @@ def load_split(
     return _load_files({split: groups[split]}, split, cache_dir)
 
 
+def _has_no_rows(file: str) -> bool:
+    """True for an empty file or a parquet file whose metadata says zero rows (cheap checks only)."""
+    if not os.path.isfile(file):
+        return False
+    if os.path.getsize(file) == 0:
+        return True
+    if file.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(file).num_rows == 0
+    return False
+
+
 def _load_files(data_files: dict[str, list[str]], split: str, cache_dir: str | None) -> datasets.Dataset:
     files = data_files[split]
+    empty = EmptyDatasetError(f"split {split!r} in {files[0]!r} has no rows")
+    if all(_has_no_rows(f) for f in files):
+        raise empty
     try:
         return datasets.load_dataset(_builder(files), data_files=data_files, split=split, cache_dir=cache_dir)
     except ValueError as e:
         if "corresponds to no data" in str(e):  # datasets' wording for a split with zero rows
-            raise EmptyDatasetError(f"split {split!r} in {files[0]!r} has no rows") from None
+            raise empty from None
+        raise
+    except (StopIteration, IndexError) as e:  # empty jsonl / parquet without row groups
+        raise empty from e
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, (StopIteration, IndexError)) or "empty" in str(e).lower():
+            raise empty from e
         raise
 
 
