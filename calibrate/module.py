@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from svlm.calibrate.budget import (
@@ -418,7 +419,9 @@ class RankCalibrator(pl.LightningModule):
     # -- output --------------------------------------------------------------------------------------------
     def on_train_end(self) -> None:
         if len(self.stats):
-            self._write_schedule()
+            path = self._write_schedule()
+            if path is not None:
+                rank_zero_info(f"schedule: {path.resolve()}")
 
     def output_path(self) -> Path:
         if self.schedule_path:

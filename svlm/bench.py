@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -292,6 +292,26 @@ def _malloc_trim() -> None:
         _LIBC.malloc_trim(0)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def steady_allocator() -> bool:
+    """Keep freed CPU memory in the process (glibc only); returns whether it was applied.
+
+    By default glibc hands large freed blocks back to the kernel and the next call faults them in again,
+    zeroed. Whether a run pays for that depends on what ran before it (in one process the dense Hugging
+    Face model was ~12% slower than the same model under svlm for this reason alone), so every timed row
+    would carry allocator noise. A fixed mmap threshold (32 MiB) and a 1 GiB trim threshold make every
+    row reuse its memory after warm-up. The memory measurement still trims first (``malloc_trim``).
+    """
+    _malloc_trim()  # loads libc
+    if not _LIBC or not hasattr(_LIBC, "mallopt"):
+        return False
+    return bool(_LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    )
+
+
 def _proc_status(key: str) -> int:
     with open("/proc/self/status") as f:
         match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
@@ -394,51 +414,61 @@ def _generate_kwargs(new_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
 
 
-def _hf_runner(label, section, model, inputs, device, batch, new_tokens, attn) -> _Runner:
-    kwargs = _generate_kwargs(new_tokens)
-    return _Runner(
-        label=label,
-        section=section,
-        strategy="hf",
-        call=lambda: model.generate(**inputs, **kwargs),
-        model=model,
-        inputs=inputs,
-        device=device,
-        batch=batch,
-        new_tokens=new_tokens,
-        attn_implementation=attn,
-    )
+@dataclass
+class _Case:
+    """What the rows of one table share: the model, its inputs, and how much to generate."""
+
+    section: str
+    model: nn.Module
+    inputs: Any
+    device: torch.device
+    batch: int
+    new_tokens: int
+    attn_implementation: str
+
+    def runner(self, label: str, strategy: str, call: Callable[[], Any], **kwargs: Any) -> _Runner:
+        return _Runner(
+            label=label,
+            section=self.section,
+            strategy=strategy,
+            call=call,
+            model=self.model,
+            inputs=self.inputs,
+            device=self.device,
+            batch=self.batch,
+            new_tokens=self.new_tokens,
+            attn_implementation=self.attn_implementation,
+            **kwargs,
+        )
 
 
-def _svlm_runner(label, section, model, inputs, device, batch, new_tokens, name, budget, attn) -> _Runner:
+def _hf_runner(case: _Case, label: str = "hf") -> _Runner:
+    """The unwrapped Hugging Face model: the reference of every speed-up."""
+    model, inputs, kwargs = case.model, case.inputs, _generate_kwargs(case.new_tokens)
+    return case.runner(label, "hf", lambda: model.generate(**inputs, **kwargs))
+
+
+def _svlm_runner(case: _Case, label: str, name: str, budget: float | None) -> _Runner:
     import svlm
 
     strategy = svlm.build_strategy(name) if budget is None else svlm.build_strategy(name, budget=budget)
-    sparse = svlm.sparsify(model, strategy)
-    kwargs = _generate_kwargs(new_tokens)
-    return _Runner(
-        label=label,
-        section=section,
-        strategy=name,
-        call=lambda: sparse.generate(**inputs, **kwargs),
-        model=model,
-        inputs=inputs,
-        device=device,
-        batch=batch,
-        new_tokens=new_tokens,
-        budget_target=budget,
-        attn_implementation=attn,
-        sparse=sparse,
-    )
+    sparse = svlm.sparsify(case.model, strategy)
+    inputs, kwargs = case.inputs, _generate_kwargs(case.new_tokens)
+
+    def call() -> Any:
+        return sparse.generate(**inputs, **kwargs)
+
+    return case.runner(label, name, call, budget_target=budget, sparse=sparse)
 
 
-def _pypi_runner(model, processor, inputs, device, new_tokens, keep: float, image_token_id: int) -> _Runner:
-    """The PyPI ``sparsevlm`` package's own entry point, called exactly as its README shows."""
+def _pypi_runner(case: _Case, processor: Any, keep: float) -> _Runner:
+    """The PyPI ``sparsevlm`` package's own entry point, called as its README shows (batch 1 only)."""
     from sparsevlm import sparsevlm_generate
 
-    n_vis = int((inputs["input_ids"][0] == image_token_id).sum())
+    model, inputs, device = case.model, case.inputs, case.device
+    n_vis = int((inputs["input_ids"][0] == int(model.config.image_token_id)).sum())
     keep_n_vis = max(1, round(n_vis * keep))
-    model.generation_config.min_new_tokens = new_tokens  # its generate() takes no kwargs; same token count
+    model.generation_config.min_new_tokens = case.new_tokens  # it passes no generate kwargs; same length
 
     def call() -> Any:
         return sparsevlm_generate(
@@ -447,24 +477,12 @@ def _pypi_runner(model, processor, inputs, device, new_tokens, keep: float, imag
             inputs,
             n_vis=n_vis,
             keep_n_vis=keep_n_vis,
-            max_new_tokens=new_tokens,
+            max_new_tokens=case.new_tokens,
             device=str(device),
         )
 
-    return _Runner(
-        label=PYPI_LABEL,
-        section="comparison",
-        strategy=PYPI_LABEL,
-        call=call,
-        model=model,
-        inputs=inputs,
-        device=device,
-        batch=1,
-        new_tokens=new_tokens,
-        budget_target=keep,
-        attn_implementation="eager",
-        token_forward=1,  # it re-feeds the last prompt token through generate() after pruning the cache
-    )
+    # token_forward=1: after pruning the cache it re-feeds the last prompt token through generate()
+    return case.runner(PYPI_LABEL, PYPI_LABEL, call, budget_target=keep, token_forward=1)
 
 
 # -- measuring a group of rows --------------------------------------------------------------------------
@@ -666,7 +684,7 @@ def bench(
     repeats: int = 5,
     warmup: int = 1,
     num_threads: int | None = 1,
-    timer: str = "wall",
+    timer: Literal["wall", "cpu"] = "wall",
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
     device: str = "auto",
@@ -675,6 +693,7 @@ def bench(
     compare_keep: float = 0.25,
     compare_strategies: list[str] | None = None,
     output: Path | None = None,
+    steady_memory: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Measure prefill, time to first token, decoding speed, memory, KV cache and FLOPs of strategies.
@@ -708,6 +727,8 @@ def bench(
         compare_keep: Share of visual tokens kept in the comparison (svlm budget = this fraction).
         compare_strategies: svlm strategies in the comparison (default: sparsevlm).
         output: JSON file for the results (written atomically, with a CSV of all rows next to it).
+        steady_memory: On CPU with glibc, keep freed memory in the process for the whole run (see
+            :func:`steady_allocator`) so that no row pays page faults another row does not.
         progress: Show a tqdm progress bar on stderr.
     """
     from tqdm.auto import tqdm
@@ -743,6 +764,7 @@ def bench(
     if timer == "cpu" and dev.type != "cpu":
         raise ValueError(f"timer='cpu' measures CPU time and needs device='cpu', got device={str(dev)!r}")
     load_avg = os.getloadavg() if hasattr(os, "getloadavg") else None
+    steady = steady_allocator() if steady_memory and dev.type == "cpu" else False
 
     with _threads(num_threads), torch.inference_mode():
         vlm, processor, family = load_vlm(model, dtype, dev, attn_implementation)
@@ -753,37 +775,13 @@ def bench(
             _cast_pixels(batch_inputs, vlm)
         runners: list[_Runner] = []
         for b in [batch_size, *extra_batches]:
-            runners.append(
-                _hf_runner(
-                    _label("hf", None, b, batch_size),
-                    "speed",
-                    vlm,
-                    inputs[b],
-                    dev,
-                    b,
-                    max_new_tokens,
-                    attn_implementation,
-                )
-            )
+            case = _Case("speed", vlm, inputs[b], dev, b, max_new_tokens, attn_implementation)
+            runners.append(_hf_runner(case, _label("hf", None, b, batch_size)))
             points = [(n, None) if n == "dense" else (n, x) for n in names for x in budgets]
             if b != batch_size:
-                chosen = batch_strategies or [n for n in names if n != "dense"]
-                points = [(n, min(budgets)) for n in chosen]
+                points = [(n, min(budgets)) for n in batch_strategies or names if n != "dense"]
             for name, budget in dict.fromkeys(points):
-                runners.append(
-                    _svlm_runner(
-                        _label(name, budget, b, batch_size),
-                        "speed",
-                        vlm,
-                        inputs[b],
-                        dev,
-                        b,
-                        max_new_tokens,
-                        name,
-                        budget,
-                        attn_implementation,
-                    )
-                )
+                runners.append(_svlm_runner(case, _label(name, budget, b, batch_size), name, budget))
         compare_runners: list[_Runner] = []
         compare_inputs = None
         if compare_sparsevlm and pypi_error is None:
@@ -829,6 +827,7 @@ def bench(
         "repeats": repeats,
         "warmup": warmup,
         "memory": memory_method(dev),
+        "steady_allocator": steady,
         "load_average_start": load_avg,
         "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "seconds": seconds,
@@ -888,16 +887,14 @@ def _comparison_runners(
         )
     eager, _, _ = load_vlm(spec, dtype, dev, "eager")  # same weights (same files or seed), eager attention
     inputs = _cast_pixels(_inputs(processor, family, 1, image_size, question, dev), sdpa)
+    case = _Case("comparison", sdpa, inputs, dev, 1, new_tokens, "sdpa")
+    eager_case = _Case("comparison", eager, inputs, dev, 1, new_tokens, "eager")
     runners = [
-        _hf_runner("hf", "comparison", sdpa, inputs, dev, 1, new_tokens, "sdpa"),
-        _hf_runner("hf-eager", "comparison", eager, inputs, dev, 1, new_tokens, "eager"),
-        _pypi_runner(eager, processor, inputs, dev, new_tokens, keep, int(sdpa.config.image_token_id)),
+        _hf_runner(case),
+        _hf_runner(eager_case, "hf-eager"),
+        _pypi_runner(eager_case, processor, keep),
     ]
-    for name in strategies:
-        label = f"{name}-{keep:g}"
-        runners.append(
-            _svlm_runner(label, "comparison", sdpa, inputs, dev, 1, new_tokens, name, keep, "sdpa")
-        )
+    runners += [_svlm_runner(case, f"{name}-{keep:g}", name, keep) for name in strategies]
     return runners, inputs
 
 

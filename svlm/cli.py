@@ -2,6 +2,7 @@
 
     svlm test --config configs/demo.yaml          # evaluate a list of strategy points -> results/demo/
     svlm test --config configs/demo.yaml --data.limit 16 --model.max_new_tokens 8
+    svlm fit --config configs/calib.yaml           # calibrate SparseVLM -> results/calib/schedule.yaml
     svlm strategies                                # registered strategies, one line each
     svlm bench --config configs/bench.yaml         # latency + FLOPs of strategies on synthetic inputs
 
@@ -11,6 +12,7 @@ LightningCLI sees the arguments (litgpt's habit of mapping subcommands to plain 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import os
@@ -40,6 +42,20 @@ def _datamodule_class() -> type:
     return VLMDataModule
 
 
+#: LightningModule of the subcommands that do not evaluate: ``fit`` calibrates a pruning schedule.
+SUBCOMMAND_MODELS: dict[str, str] = {"fit": "svlm.calibrate.RankCalibrator"}
+
+
+def subcommand_model(subcommand: str | None) -> type:
+    """The LightningModule class ``svlm <subcommand>`` instantiates (:class:`VLMEvaluator` unless listed in
+    :data:`SUBCOMMAND_MODELS`)."""
+    path = SUBCOMMAND_MODELS.get(subcommand or "")
+    if path is None:
+        return VLMEvaluator
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 class SVLMCLI(LightningCLI):
     """LightningCLI for :class:`svlm.module.VLMEvaluator` and :class:`svlm.data.VLMDataModule`.
 
@@ -66,6 +82,23 @@ class SVLMCLI(LightningCLI):
         parser.add_lightning_class_args(TradeoffCurve, "tradeoff")
         if "benchmark" in inspect.signature(self._datamodule_class).parameters:
             parser.link_arguments("data.benchmark", "model.benchmark", apply_on="parse")
+
+    def _model_for(self, subcommand: str | None) -> type:
+        """The module ``subcommand`` instantiates, unless the caller chose one (``model_class=``)."""
+        return subcommand_model(subcommand) if self.model_class is VLMEvaluator else self.model_class
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        evaluator, self._model_class = self._model_class, self._model_for(subcommand)
+        try:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        finally:
+            self._model_class = evaluator
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self._model_class = self._model_for(self.config.get("subcommand"))  # instantiation uses it
 
     def _set_seed(self) -> None:
         if not self.parse_only:
@@ -119,18 +152,29 @@ def _is_bench_config(data: Any) -> bool:
     return isinstance(data.get("model"), str) or set(data) <= set(inspect.signature(bench).parameters)
 
 
+def _is_fit_config(data: Any) -> bool:
+    """A calibration config: its ``model`` section has options of the ``fit`` module, not the evaluator's."""
+    model = data.get("model") if isinstance(data, Mapping) else None
+    if not isinstance(model, Mapping):
+        return False
+    keys, evaluator = set(model), set(inspect.signature(VLMEvaluator).parameters)
+    return bool(keys - evaluator) and keys <= set(inspect.signature(subcommand_model("fit")).parameters)
+
+
 def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
     """Parse a shipped YAML through the same parser the CLI uses, raising on any error; nothing is loaded.
 
     ``subcommand`` is ``test`` (default), another LightningCLI subcommand, or ``bench``; when omitted, a
-    config of only ``svlm bench`` options is parsed as ``bench``. Unknown keys, bad types, unknown strategies
-    and bad strategy arguments raise. Returns the parsed namespace.
+    config of only ``svlm bench`` options is parsed as ``bench`` and one whose ``model`` section holds
+    calibration options (:class:`svlm.calibrate.RankCalibrator`) as ``fit``. Unknown keys, bad types,
+    unknown strategies and bad strategy arguments raise. Returns the parsed namespace.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config {str(path)!r} does not exist.")
     if subcommand is None:
-        subcommand = "bench" if _is_bench_config(yaml.safe_load(path.read_text())) else "test"
+        data = yaml.safe_load(path.read_text())
+        subcommand = "bench" if _is_bench_config(data) else "fit" if _is_fit_config(data) else "test"
     if subcommand == "bench":
         return bench_parser().parse_args(["--config", str(path)])
     parser_kwargs: dict[str, Any] = {"exit_on_error": False, subcommand: {"exit_on_error": False}}

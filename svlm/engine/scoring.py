@@ -39,6 +39,7 @@ def attention_rows(
     scaling: float,
     rotary: RotaryFn,
     reduce_heads: bool = False,
+    rotated_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention probabilities [b, heads, r, n] (float32) of the given rows.
 
@@ -48,13 +49,17 @@ def attention_rows(
     ``q`` [b, n, heads * d] and ``k`` [b, n, kv_heads * d] are the layer's projections before rotary
     embedding (as its ``q_proj``/``k_proj`` produced them); ``cos``/``sin`` [b, n, d] are the tables the layer
     used. Keys are masked causally in slot order and where ``key_valid`` is False. Rows that are not valid
-    come back as zeros.
+    come back as zeros. ``rotated_keys`` [b, kv_heads, n, d], the layer's keys after its rotary embedding
+    (what its KV cache holds), replaces ``k``: then only the r query rows need rotating, not all n keys.
     """
     b, n, _ = k.shape
     q_rows = gather_rows(q, rows).view(b, -1, num_heads, head_dim).transpose(1, 2).float()
     q_rows = rotary(q_rows, gather_rows(cos, rows).float(), gather_rows(sin, rows).float())
-    keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
-    keys = rotary(keys, cos.float(), sin.float())
+    if rotated_keys is not None:
+        keys = rotated_keys.float()
+    else:
+        keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
+        keys = rotary(keys, cos.float(), sin.float())
     if reduce_heads:
         probs = head_mean_rows_attention(q_rows, keys, rows, key_valid, scaling).unsqueeze(1)
         return probs * rows_valid.view(b, 1, -1, 1)

@@ -74,6 +74,16 @@ class PruningSession:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what only the call itself needed: its inputs (which hold the KV cache and the pixels), the
+        input embeddings and captured projections. Kept: the layer sequences and reports."""
+        self.call_inputs = {}
+        self.ctx = None
+        self.captured = {}
+        self.vision_captured = {}
+        self.step_masks = {}
 
     def attach(self) -> None:
         if self.handles:
@@ -314,6 +324,7 @@ class PruningSession:
         if "q" not in captured or "k" not in captured:
             raise RuntimeError(f"Layer {idx}: q/k projections were not captured; is the adapter right?")
         attn = self.adapter.attention(self.adapter.decoder_layers[idx])
+        rotated = self._cached_keys(idx, seq, captured["q"]) if k is None else None
         return attention_rows(
             captured["q"] if q is None else q.expand_as(captured["q"]),
             captured["k"] if k is None else k.expand_as(captured["k"]),
@@ -328,7 +339,22 @@ class PruningSession:
             scaling=float(getattr(attn, "scaling", self.info.head_dim**-0.5)),
             rotary=self.adapter.apply_rotary,
             reduce_heads=not self.strategy.needs_head_attention,
+            rotated_keys=rotated,
         )
+
+    def _cached_keys(self, idx: int, seq: TokenSequence, like: torch.Tensor) -> torch.Tensor | None:
+        """Layer ``idx``'s keys after rotary embedding, from the KV cache this prefill just filled (so that
+        scoring does not rotate all n keys again); None when there is no such cache (``use_cache=False``)
+        or it holds anything else than exactly this layer's ``seq`` slots."""
+        layers = getattr(self.call_inputs.get("past_key_values"), "layers", None)
+        if layers is None or idx >= len(layers):
+            return None
+        keys = getattr(layers[idx], "keys", None)
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 4 or keys.device != like.device:
+            return None
+        if keys.shape[0] != seq.valid.shape[0] or keys.shape[1] != self.info.num_kv_heads:
+            return None
+        return keys if keys.shape[2] == seq.length and keys.shape[3] == self.info.head_dim else None
 
     def _unmasked(self, seq: TokenSequence) -> bool:
         """SDPA on a sequence without padding needs no mask: ``attention_mask=None`` lets transformers call

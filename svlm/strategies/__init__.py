@@ -18,6 +18,7 @@ from svlm.strategies.base import (
     Selection,
     Strategy,
     keep_top_visual,
+    pack_merged,
     schedule_counts,
 )
 from svlm.strategies.registry import available_strategies, build_strategy, register_strategy, strategy_class
@@ -31,6 +32,7 @@ __all__ = [
     "available_strategies",
     "build_strategy",
     "keep_top_visual",
+    "pack_merged",
     "register_strategy",
     "schedule_counts",
     "strategy_class",

@@ -176,6 +176,23 @@ class Strategy:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+def pack_merged(
+    per_sample: Sequence[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack per-sample merged tokens [m_i, d] and anchor slots [m_i] into the padded tensors a
+    :class:`Selection` takes: ``merged`` [b, m, d], ``merged_anchor`` [b, m], ``merged_valid`` [b, m]."""
+    b, d = len(per_sample), like.shape[-1]
+    m = max(1, max(len(tokens) for tokens, _ in per_sample))
+    merged = like.new_zeros(b, m, d)
+    anchor = torch.zeros(b, m, dtype=torch.long, device=like.device)
+    valid = torch.zeros(b, m, dtype=torch.bool, device=like.device)
+    for i, (tokens, anchors) in enumerate(per_sample):
+        merged[i, : len(tokens)] = tokens
+        anchor[i, : len(anchors)] = anchors
+        valid[i, : len(tokens)] = True
+    return merged, anchor, valid
+
+
 def keep_top_visual(view: LayerView, scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Keep mask [b, n]: the ``k[b]`` highest-scoring visual slots of each sample (text is kept anyway).
 

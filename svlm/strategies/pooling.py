@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
+from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, pack_merged
 from svlm.strategies.registry import register_strategy
 
 
@@ -42,19 +42,11 @@ class Pooling(Strategy):
     def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
         targets = self.target_tokens(ctx)
         visual = view.visual & view.valid
-        b, _, d = view.hidden.shape
         results = []
-        for i in range(b):
+        for i in range(view.hidden.shape[0]):
             slots = visual[i].nonzero().squeeze(-1)
             results.append(self._pool_sample(ctx, i, view.hidden[i, slots], slots, float(targets[i])))
-        m = max(1, max(len(r[0]) for r in results))
-        merged = view.hidden.new_zeros(b, m, d)
-        anchor = torch.zeros(b, m, dtype=torch.long, device=view.hidden.device)
-        valid = torch.zeros(b, m, dtype=torch.bool, device=view.hidden.device)
-        for i, (tokens, anchors) in enumerate(results):
-            merged[i, : len(tokens)] = tokens
-            anchor[i, : len(anchors)] = anchors
-            valid[i, : len(tokens)] = True
+        merged, anchor, valid = pack_merged(results, view.hidden)
         return Selection(
             keep=torch.zeros_like(visual), merged=merged, merged_anchor=anchor, merged_valid=valid
         )

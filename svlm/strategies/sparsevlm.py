@@ -39,6 +39,7 @@ from svlm.strategies.base import (
     Selection,
     Strategy,
     keep_top_visual,
+    pack_merged,
     schedule_counts,
 )
 from svlm.strategies.registry import register_strategy
@@ -366,14 +367,7 @@ def recycle_tokens(
         members = [best[assignment == c] for c in range(k)]
         anchors = torch.stack([m[scores[i, m].float().argmax()] for m in members])
         per_sample.append(((sums / sizes).to(hidden.dtype), anchors, members))
-    m = max(1, max(x[0].shape[0] for x in per_sample))
-    merged = hidden.new_zeros(b, m, d)
-    anchor = torch.zeros(b, m, dtype=torch.long, device=hidden.device)
-    valid = torch.zeros(b, m, dtype=torch.bool, device=hidden.device)
-    for i, (tokens, anchors, _) in enumerate(per_sample):
-        merged[i, : tokens.shape[0]] = tokens
-        anchor[i, : anchors.shape[0]] = anchors
-        valid[i, : tokens.shape[0]] = True
+    merged, anchor, valid = pack_merged([(x[0], x[1]) for x in per_sample], hidden)
     return merged, anchor, valid, [x[2] for x in per_sample]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, keep_top_visual
+from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy, keep_top_visual, pack_merged
 from svlm.strategies.registry import register_strategy
 from svlm.strategies.signals import cls_attention, cls_layers
 
@@ -64,20 +64,12 @@ class VisionZip(Strategy):
         if not bool((contextual > 0).any()):
             return Selection(keep=keep, info={"dominant": dominant, "signal": source})
         rest = view.visual & view.valid & ~keep
-        b, _, d = view.hidden.shape
         results = []
-        for i in range(b):
+        for i in range(view.hidden.shape[0]):
             slots = rest[i].nonzero().squeeze(-1)
             merged, targets, _ = contextual_merge(view.hidden[i, slots], int(contextual[i]))
             results.append((merged, slots[targets.to(slots.device)] if len(targets) else targets))
-        m = max(1, max(r[0].shape[0] for r in results))
-        merged = view.hidden.new_zeros(b, m, d)
-        anchor = torch.zeros(b, m, dtype=torch.long, device=view.hidden.device)
-        valid = torch.zeros(b, m, dtype=torch.bool, device=view.hidden.device)
-        for i, (tokens, anchors) in enumerate(results):
-            merged[i, : len(tokens)] = tokens
-            anchor[i, : len(anchors)] = anchors
-            valid[i, : len(tokens)] = True
+        merged, anchor, valid = pack_merged(results, view.hidden)
         info = {"dominant": dominant, "contextual": valid.sum(-1), "signal": source}
         return Selection(keep=keep, merged=merged, merged_anchor=anchor, merged_valid=valid, info=info)
 

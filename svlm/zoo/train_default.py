@@ -76,6 +76,8 @@ class RecipeConfig:
     initializer_range: float = 0.02
     # data (the svlm-shapes generator's defaults, as evaluated by `svlm test`)
     data_image_size: int = 336
+    min_objects: int = 2
+    max_objects: int = 5
     # evaluation during training (val split; the test split is only used for the final report)
     eval_every: int = 200
     eval_samples: int = 100
@@ -329,7 +331,14 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     by (seed, sample index) -- a pure function of the config and the step."""
     images, qas = [], []
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
-        sample = shapes.generate_sample(i, "train", cfg.seed, image_size=cfg.data_image_size)
+        sample = shapes.generate_sample(
+            i,
+            "train",
+            cfg.seed,
+            image_size=cfg.data_image_size,
+            min_objects=cfg.min_objects,
+            max_objects=cfg.max_objects,
+        )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
         qas.append(derived_questions(sample, cfg.questions_per_image, rng))
