@@ -108,7 +108,7 @@ class RankCalibrator(pl.LightningModule):
         offspring: int = 1,
         coordinates: int | None = 2,
         match_flops: bool = True,
-        margin: float = 0.0,
+        margin: float = 0.002,
         resolve_tolerance: float = 0.02,
         schedule_path: str | None = None,
         max_new_tokens: int = 4,

@@ -8,9 +8,9 @@ One iteration: :meth:`ask` proposes ``offspring`` candidates (Gaussian steps of 
 ``coordinates`` randomly chosen coordinates, or on all of them), the caller evaluates the incumbent and the
 candidates *on the same batch* (a paired comparison, which cancels most of the sample-to-sample noise), and
 :meth:`tell` keeps the best candidate if it beats the incumbent and adapts ``sigma`` by the 1/5th success
-rule (grow on success, shrink slowly on failure). An exact tie (the candidate changed nothing on this batch,
-e.g. a threshold that does not matter at the current adaptivity) is accepted without changing ``sigma``: a
-neutral move lets the search drift across plateaus instead of shrinking its steps on them.
+rule (grow on success, shrink slowly on failure). Ties are rejected: a change is kept only on evidence, so
+coordinates that do not matter on the calibration data (e.g. a rank threshold at adaptivity 0) stay where
+they started instead of drifting to values that could act on other data.
 """
 
 from __future__ import annotations
@@ -128,19 +128,15 @@ class EvolutionSearch(torch.optim.Optimizer):
             raise RuntimeError("tell() needs one value per candidate of the last ask().")
         best = min(range(len(candidate_values)), key=lambda i: candidate_values[i])
         margin = float(self.group["tolerance"]) * abs(incumbent_value)
-        value = candidate_values[best]
-        success = math.isfinite(value) and value < incumbent_value - margin
-        neutral = not success and value == incumbent_value
-        if success or neutral:
+        success = math.isfinite(candidate_values[best]) and candidate_values[best] < incumbent_value - margin
+        if success:
             self.incumbent.copy_(pending[best].to(self.incumbent))
             state["accepted"] += 1
-        if not neutral:
-            factor = math.exp(1 / 3) if success else math.exp(-1 / 12)  # stationary at a 1/5 success rate
-            sigma = min(max(self.sigma * factor, self.group["sigma_min"]), self.group["sigma_max"])
-            self.group["sigma"] = sigma
+        factor = math.exp(1 / 3) if success else math.exp(-1 / 12)  # stationary at a 1/5 success rate
+        self.group["sigma"] = min(max(self.sigma * factor, self.group["sigma_min"]), self.group["sigma_max"])
         state["iterations"] += 1
         state["pending"] = None
-        return best if success or neutral else None
+        return best if success else None
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """No-op on the parameter (:meth:`tell` moves it); lets Lightning count the iteration."""

@@ -5,10 +5,11 @@
 
 What is measured, per row (one strategy at one budget and batch size, or a reference model):
 
-* ``prefill_s``: the first forward of ``generate`` (vision tower, all decoder layers, every svlm hook, the
-  last position's logits); ``ttft_s``: from the ``generate`` call until the first new token exists;
-  ``decode_tok_s``: new tokens per second after it; ``generate_s``: the whole call. Every call produces
-  exactly ``max_new_tokens`` tokens (``min_new_tokens`` is set), so rows are comparable.
+* ``prefill_s``: from the start of the vision encoder (transformers 5's ``generate`` runs it before the
+  first forward) to the end of the first forward: vision tower, projector, all decoder layers, every svlm
+  hook, the last position's logits. ``ttft_s``: from the ``generate`` call until the first new token
+  exists; ``decode_tok_s``: new tokens per second after it; ``generate_s``: the whole call. Every call
+  produces exactly ``max_new_tokens`` tokens (``min_new_tokens`` is set), so rows are comparable.
 * ``peak_mem_mb``: memory the call needs beyond what was allocated before it. CUDA:
   ``max_memory_allocated``; CPU (Linux): growth of the peak resident set (``VmHWM``) after returning freed
   heap to the system (``malloc_trim``), measured in a separate, untimed run.
@@ -25,9 +26,11 @@ Timing discipline: every row is first run ``warmup`` times, then the rows are ru
 (``repeats`` rounds, alternating direction) so that slow drift of a shared machine hits all rows alike;
 medians are reported, and speed-ups are medians of per-round ratios against the reference row of the same
 round. ``num_threads`` (default 1) is applied with ``torch.set_num_threads`` for the whole run and restored
-afterwards: on a small shared CPU, one intra-op thread gives the most repeatable numbers.
-``prefill_cpu_s`` (process CPU time of the prefill) shows contention: with one thread it is close to
-``prefill_s`` on an idle machine.
+afterwards: on a small shared CPU, one intra-op thread gives the most repeatable numbers. On CPU the
+allocator is made steady first (:func:`steady_allocator`): otherwise whether a row pays page faults for
+its activations depends on what ran before it. ``prefill_cpu_s`` (process CPU time of the prefill) shows
+contention: with one thread it is close to ``prefill_s`` on an idle machine; ``timer: cpu`` times
+everything by CPU time instead, which leaves out the waiting on a busy machine.
 
 The optional comparison runs the PyPI package ``sparsevlm`` (``pip install 'svlm[bench]'``) next to svlm
 on one Qwen2.5-VL model, at the same keep ratio, in the same rounds.
@@ -186,11 +189,23 @@ class Run:
     scoring_s: float = math.nan
 
 
+def _vision_tower(model: nn.Module) -> nn.Module | None:
+    """The vision encoder of a transformers VLM (``visual`` in Qwen, ``vision_tower`` in LLaVA)."""
+    for owner in (getattr(model, "model", None), model):
+        for name in ("visual", "vision_tower"):
+            module = getattr(owner, name, None)
+            if isinstance(module, nn.Module):
+                return module
+    return None
+
+
 class _ForwardClock:
-    """Records the top-level forward calls of one generation.
+    """Records the top-level forward calls of one generation, and when the vision encoder starts.
 
     The pre-hook is prepended (it runs before svlm's hooks); the matching post-hook is registered from
-    inside it, i.e. after svlm's, so a forward's time includes all of svlm's work on it.
+    inside it, i.e. after svlm's, so a forward's time includes all of svlm's work on it. ``generate`` of
+    transformers 5 runs the vision encoder before the first forward (``get_image_features``), so the
+    prefill starts with whichever comes first.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, clock: Callable[[], float]) -> None:
@@ -201,18 +216,38 @@ class _ForwardClock:
         self.cpu_ends: list[float] = []
         self.kv_after_prefill: int | None = None
         self.kv_first_step: int | None = None
+        self.vision_start: float | None = None
+        self.vision_cpu_start: float | None = None
         self._handles: list[Any] = []
+        self._post: Any = None
 
     def __enter__(self) -> _ForwardClock:
         self._handles.append(
             self.model.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True)
         )
+        tower = _vision_tower(self.model)
+        if tower is not None:
+            self._handles.append(tower.register_forward_pre_hook(self._vision, prepend=True))
         return self
 
+    def _vision(self, module: nn.Module, args: tuple) -> None:
+        if self.vision_start is None and not self.ends:  # only the prefill's (first) encoder call
+            _sync(self.device)
+            self.vision_start, self.vision_cpu_start = self.clock(), time.process_time()
+
+    @property
+    def prefill_start(self) -> tuple[float, float]:
+        """(clock, CPU time) at the start of the prefill: the vision encoder's or the first forward's."""
+        if self.vision_start is not None and self.vision_start < self.starts[0]:
+            return self.vision_start, self.vision_cpu_start
+        return self.starts[0], self.cpu_starts[0]
+
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
+        for handle in [*self._handles, self._post]:
+            if handle is not None:
+                handle.remove()
         self._handles.clear()
+        self._post = None
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if len(self.starts) == 1:  # the cache decoding starts from (after any pruning between the calls)
@@ -220,13 +255,14 @@ class _ForwardClock:
         _sync(self.device)
         self.starts.append(self.clock())
         self.cpu_starts.append(time.process_time())
-        self._handles.append(module.register_forward_hook(self._end, with_kwargs=True, always_call=True))
+        self._post = module.register_forward_hook(self._end, with_kwargs=True, always_call=True)
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         _sync(self.device)
         self.ends.append(self.clock())
         self.cpu_ends.append(time.process_time())
-        self._handles.pop().remove()
+        self._post.remove()
+        self._post = None
         if len(self.ends) == 1:
             self.kv_after_prefill = cache_bytes(getattr(output, "past_key_values", None))
 
@@ -264,8 +300,9 @@ class _Runner:
             end = self.clock()
         out = Run(generate_s=end - start)
         if clock.ends:
-            out.prefill_s = clock.ends[0] - clock.starts[0]
-            out.prefill_cpu_s = clock.cpu_ends[0] - clock.cpu_starts[0]
+            start_s, start_cpu = clock.prefill_start
+            out.prefill_s = clock.ends[0] - start_s
+            out.prefill_cpu_s = clock.cpu_ends[0] - start_cpu
         if len(clock.ends) > self.token_forward:
             first = clock.ends[self.token_forward]
             out.ttft_s = first - start
@@ -387,12 +424,18 @@ def _runner_flops(runner: _Runner) -> None:
 # -- building the rows ----------------------------------------------------------------------------------
 
 
+def _visual_counts(model: nn.Module, inputs: Mapping[str, Any]) -> list[int]:
+    from svlm.adapters import adapter_for
+
+    return [int(n) for n in adapter_for(model).visual_mask(inputs["input_ids"]).sum(-1).tolist()]
+
+
 def _label(name: str, budget: float | None, batch: int, main_batch: int) -> str:
     label = name if budget is None else f"{name}-{budget:g}"
     return label if batch == main_batch else f"{label}@b{batch}"
 
 
-def _inputs(processor: Any, family: str, batch: int, image_size: int | None, question: str, device) -> Any:
+def _inputs(processor: Any, batch: int, image_size: int | None, question: str, device: torch.device) -> Any:
     from svlm.testing import random_image
 
     size = (image_size, image_size) if image_size else (336, 336)
@@ -461,9 +504,34 @@ def _svlm_runner(case: _Case, label: str, name: str, budget: float | None) -> _R
     return case.runner(label, name, call, budget_target=budget, sparse=sparse)
 
 
+def _import_pypi_sparsevlm() -> Callable[..., Any]:
+    """``sparsevlm.sparsevlm_generate`` from the PyPI package.
+
+    sparsevlm 0.1.3 ships a second top-level package named ``kernels``; any other ``kernels`` earlier on
+    ``sys.path`` (a ``tests/kernels`` folder under pytest, for one) would shadow it. The package's own copy
+    is imported from its install location, and whatever ``kernels`` was imported before is put back.
+    """
+    if "sparsevlm" not in sys.modules:
+        root = str(importlib.metadata.distribution("sparsevlm").locate_file(""))
+        saved = {k: v for k, v in sys.modules.items() if k == "kernels" or k.startswith("kernels.")}
+        for key in saved:
+            del sys.modules[key]
+        sys.path.insert(0, root)
+        try:
+            import sparsevlm  # noqa: F401
+        finally:
+            sys.path.remove(root)
+            for key in [k for k in sys.modules if k == "kernels" or k.startswith("kernels.")]:
+                del sys.modules[key]
+            sys.modules.update(saved)
+    from sparsevlm import sparsevlm_generate
+
+    return sparsevlm_generate
+
+
 def _pypi_runner(case: _Case, processor: Any, keep: float) -> _Runner:
     """The PyPI ``sparsevlm`` package's own entry point, called as its README shows (batch 1 only)."""
-    from sparsevlm import sparsevlm_generate
+    sparsevlm_generate = _import_pypi_sparsevlm()
 
     model, inputs, device = case.model, case.inputs, case.device
     n_vis = int((inputs["input_ids"][0] == int(model.config.image_token_id)).sum())
@@ -489,25 +557,36 @@ def _pypi_runner(case: _Case, processor: Any, keep: float) -> _Runner:
 
 
 def _measure(runners: list[_Runner], warmup: int, repeats: int, progress: Any, device) -> None:
-    """Warm up every row, run the rounds interleaved (alternating order), then one memory run per row."""
-    alive = [r for r in runners if r.error is None]
-    for runner in alive:
-        for _ in range(warmup):
-            try:
-                runner.run()
-            except Exception as err:  # a strategy that cannot run this point: recorded, not fatal
-                runner.error = f"{type(err).__name__}: {err}"
-                break
-            finally:
-                progress.update(1)
-    alive = [r for r in alive if r.error is None]
-    for rnd in range(repeats):
-        for runner in alive if rnd % 2 == 0 else alive[::-1]:
-            runner.runs.append(runner.run())
+    """Warm up every row, run the rounds interleaved (alternating order), then one memory run per row.
+
+    A row whose call raises (e.g. a budget its strategy cannot meet on this model) records the error and
+    drops out; the other rows go on.
+    """
+
+    def attempt(runner: _Runner, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception as err:  # recorded in the row, not fatal for the benchmark
+            runner.error = f"{type(err).__name__}: {err}"
+            runner.runs.clear()
+        finally:
             progress.update(1)
-    for runner in alive:
-        runner.peak_mem_mb = peak_memory_mb(runner.run, device)
-        progress.update(1)
+
+    for runner in runners:
+        for _ in range(warmup):
+            if runner.error is None:
+                attempt(runner, runner.run)
+    for rnd in range(repeats):
+        for runner in runners if rnd % 2 == 0 else runners[::-1]:
+            if runner.error is None:
+                attempt(runner, lambda r=runner: r.runs.append(r.run()))
+
+    def memory(r: _Runner) -> None:
+        r.peak_mem_mb = peak_memory_mb(r.run, device)
+
+    for runner in runners:
+        if runner.error is None:
+            attempt(runner, lambda r=runner: memory(r))
 
 
 def _row(runner: _Runner, reference: _Runner | None, dense_prefill_s: float) -> dict[str, Any]:
@@ -535,10 +614,8 @@ def _row(runner: _Runner, reference: _Runner | None, dense_prefill_s: float) -> 
         kv_cache_mb=(runs[-1].kv_bytes / 2**20) if runs and runs[-1].kv_bytes is not None else None,
     )
     if runner.report is None:  # reference rows and the PyPI package: every visual token enters every layer
-        from svlm.adapters import adapter_for
-
-        visual = adapter_for(runner.model).visual_mask(runner.inputs["input_ids"]).sum(-1).float()
-        row["budget"] = float(visual.mean())
+        visual = _visual_counts(runner.model, runner.inputs)
+        row["budget"] = sum(visual) / len(visual)
     else:
         row.update(
             budget=runner.report.budget,
@@ -694,6 +771,7 @@ def bench(
     compare_strategies: list[str] | None = None,
     output: Path | None = None,
     steady_memory: bool = True,
+    decoder_check: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Measure prefill, time to first token, decoding speed, memory, KV cache and FLOPs of strategies.
@@ -729,6 +807,9 @@ def bench(
         output: JSON file for the results (written atomically, with a CSV of all rows next to it).
         steady_memory: On CPU with glibc, keep freed memory in the process for the whole run (see
             :func:`steady_allocator`) so that no row pays page faults another row does not.
+        decoder_check: Also time the model's own language model alone on the full prompt and on the
+            prompt with ``min(budgets)`` visual tokens (:func:`decoder_ceiling`): the efficiency the
+            decoder layers themselves allow, whatever does the pruning.
         progress: Show a tqdm progress bar on stderr.
     """
     from tqdm.auto import tqdm
@@ -750,8 +831,11 @@ def bench(
     if not 0 < compare_keep < 1:
         raise ValueError(f"compare_keep is a share of visual tokens in (0, 1), got {compare_keep}")
     names = list(dict.fromkeys(strategies or ["dense", *svlm.available_strategies()]))
-    for name in names:  # fail before any model loads
-        svlm.build_strategy(name) if name == "dense" else svlm.build_strategy(name, budget=64)
+    for name in names:  # unknown names and arguments fail before any model loads
+        if name == "dense":
+            svlm.build_strategy(name)
+        else:
+            svlm.build_strategy(name, budget=64)
     budgets = list(budgets or [192, 128, 64])
     pypi_error = None
     if compare_sparsevlm:
@@ -766,11 +850,9 @@ def bench(
     load_avg = os.getloadavg() if hasattr(os, "getloadavg") else None
     steady = steady_allocator() if steady_memory and dev.type == "cpu" else False
 
-    with _threads(num_threads), torch.inference_mode():
+    with _threads(num_threads):
         vlm, processor, family = load_vlm(model, dtype, dev, attn_implementation)
-        inputs = {
-            b: _inputs(processor, family, b, image_size, question, dev) for b in [batch_size, *extra_batches]
-        }
+        inputs = {b: _inputs(processor, b, image_size, question, dev) for b in [batch_size, *extra_batches]}
         for batch_inputs in inputs.values():
             _cast_pixels(batch_inputs, vlm)
         runners: list[_Runner] = []
@@ -783,9 +865,9 @@ def bench(
             for name, budget in dict.fromkeys(points):
                 runners.append(_svlm_runner(case, _label(name, budget, b, batch_size), name, budget))
         compare_runners: list[_Runner] = []
-        compare_inputs = None
+        compare_inputs = pypi_sdpa = None
         if compare_sparsevlm and pypi_error is None:
-            compare_runners, compare_inputs = _comparison_runners(
+            compare_runners, compare_inputs, pypi_sdpa = _comparison_runners(
                 compare_model,
                 dtype,
                 dev,
@@ -798,10 +880,17 @@ def bench(
         for runner in runners + compare_runners:
             runner.clock = TIMERS[timer]
         total = (warmup + repeats + 1) * (len(runners) + len(compare_runners))
-        with tqdm(total=total, desc="svlm bench", disable=not progress, file=sys.stderr) as bar:
+        bar = tqdm(total=total, desc="svlm bench", disable=not progress, file=sys.stderr)
+        with bar, torch.inference_mode():
             _measure(runners, warmup, repeats, bar, dev)
             if compare_runners:
                 _measure(compare_runners, warmup, repeats, bar, dev)
+            ceiling = None
+            if decoder_check:
+                prompt = int(inputs[batch_size]["input_ids"].shape[1])
+                visual = _visual_counts(vlm, inputs[batch_size])[0]
+                kept = prompt - visual + int(min(budgets))
+                ceiling = decoder_ceiling(vlm, prompt, kept, repeats, TIMERS[timer], dev)
 
         for runner in runners + compare_runners:
             if runner.error is None:
@@ -834,11 +923,18 @@ def bench(
         "versions": _versions(),
         "command": "svlm " + " ".join(sys.argv[1:]) if sys.argv and "svlm" in sys.argv[0] else None,
     }
-    notes = _comparison_notes(compare_inputs, compare_runners, compare_keep, pypi_error)
-    _print(meta, rows, comparison, targets, notes)
+    notes = _comparison_notes(compare_inputs, compare_runners, compare_keep, pypi_error, pypi_sdpa)
+    _print(meta, rows, comparison, targets, notes, ceiling)
     if output is not None:
         output = Path(output)
-        result = {"meta": meta, "rows": rows, "comparison": comparison, "notes": notes, "targets": targets}
+        result = {
+            "meta": meta,
+            "rows": rows,
+            "decoder_ceiling": ceiling,
+            "comparison": comparison,
+            "notes": notes,
+            "targets": targets,
+        }
         atomic_write_json(output, result)
         atomic_write_csv(output.with_suffix(".csv"), rows + comparison, columns=ROW_COLUMNS)
         print(f"results: {output.resolve()} (+ {output.with_suffix('.csv').name})")
@@ -846,13 +942,14 @@ def bench(
 
 
 def _rows(runners: list[_Runner], main_batch: int) -> list[dict[str, Any]]:
+    """Rows of the speed table: speed-ups against ``hf`` at the same batch size, batching gains against the
+    same strategy and budget at ``main_batch``."""
     references = {r.batch: r for r in runners if r.strategy == "hf"}
-    dense_prefill = _median([x.prefill_s for x in references[main_batch].runs]) if references else math.nan
     by_label = {(r.strategy, r.budget_target): r for r in runners if r.batch == main_batch}
     rows = []
     for runner in runners:
         reference = references.get(runner.batch)
-        dense_s = _median([x.prefill_s for x in reference.runs]) if reference else dense_prefill
+        dense_s = _median([x.prefill_s for x in reference.runs]) if reference else math.nan
         row = _row(runner, reference, dense_s)
         base = by_label.get((runner.strategy, runner.budget_target))
         if runner.batch != main_batch and base is not None and base.runs and runner.runs:
@@ -861,6 +958,57 @@ def _rows(runners: list[_Runner], main_batch: int) -> list[dict[str, Any]]:
             row["batch_gain"] = paired_speedup(per_sample_base, per_sample)
         rows.append(row)
     return rows
+
+
+# -- what the decoder itself allows ----------------------------------------------------------------------
+
+
+def decoder_ceiling(
+    model: nn.Module, full: int, kept: int, repeats: int, clock: Callable[[], float], device: torch.device
+) -> dict[str, float]:
+    """How much faster the model's own language model (no svlm at all) runs on ``kept`` tokens than on
+    ``full`` tokens, against the FLOPs ratio of the two: the best ``efficiency`` any pruning method that
+    calls these decoder layers can reach on this machine (small GEMMs and per-op overheads are its own).
+    """
+    from svlm import flops
+    from svlm.adapters import adapter_for
+
+    lm = adapter_for(model).language_model
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    hidden = int(config.get_text_config(decoder=True).hidden_size)
+    layers = int(config.get_text_config(decoder=True).num_hidden_layers)
+    states = {n: torch.randn(1, n, hidden, device=device, dtype=dtype) for n in (full, kept)}
+    times: dict[int, list[float]] = {full: [], kept: []}
+    for n in (full, kept):  # warm-up
+        lm(inputs_embeds=states[n])
+    for _ in range(repeats):
+        for n in (full, kept):
+            _sync(device)
+            start = clock()
+            lm(inputs_embeds=states[n])
+            _sync(device)
+            times[n].append(clock() - start)
+
+    def decoder_flops(n: int, causal: bool) -> float:
+        return flops.prefill_flops(
+            config, [n] * layers, include_vision=False, include_lm_head=False, causal=causal
+        ).total
+
+    speedup = paired_speedup(times[full], times[kept])
+    ratio = decoder_flops(full, False) / decoder_flops(kept, False)
+    ratio_causal = decoder_flops(full, True) / decoder_flops(kept, True)
+    return {
+        "full_tokens": full,
+        "kept_tokens": kept,
+        "full_s": _median(times[full]),
+        "kept_s": _median(times[kept]),
+        "speedup": speedup,
+        "flops_speedup": ratio,
+        "flops_speedup_causal": ratio_causal,
+        "efficiency": speedup / ratio,
+        "efficiency_causal": speedup / ratio_causal,
+    }
 
 
 # -- the PyPI comparison --------------------------------------------------------------------------------
@@ -875,7 +1023,7 @@ def _comparison_runners(
     strategies: list[str],
     image_size: int | None,
     question: str,
-) -> tuple[list[_Runner], Any]:
+) -> tuple[list[_Runner], Any, str]:
     """Rows on one Qwen2.5-VL model: dense SDPA (reference), dense eager, the PyPI package, svlm."""
     from svlm.models import load_vlm
 
@@ -886,7 +1034,7 @@ def _comparison_runners(
             f"only those; {spec!r} is a {family!r} model."
         )
     eager, _, _ = load_vlm(spec, dtype, dev, "eager")  # same weights (same files or seed), eager attention
-    inputs = _cast_pixels(_inputs(processor, family, 1, image_size, question, dev), sdpa)
+    inputs = _cast_pixels(_inputs(processor, 1, image_size, question, dev), sdpa)
     case = _Case("comparison", sdpa, inputs, dev, 1, new_tokens, "sdpa")
     eager_case = _Case("comparison", eager, inputs, dev, 1, new_tokens, "eager")
     runners = [
@@ -895,7 +1043,19 @@ def _comparison_runners(
         _pypi_runner(eager_case, processor, keep),
     ]
     runners += [_svlm_runner(case, f"{name}-{keep:g}", name, keep) for name in strategies]
-    return runners, inputs
+    return runners, inputs, _probe_pypi_on_sdpa(case, processor, keep)
+
+
+def _probe_pypi_on_sdpa(case: _Case, processor: Any, keep: float) -> str:
+    """Whether the PyPI package runs on the SDPA model (its README allows sdpa): one untimed call."""
+    probe = _Case(case.section, case.model, case.inputs, case.device, 1, 1, case.attn_implementation)
+    try:
+        _pypi_runner(probe, processor, keep).call()
+    except Exception as err:
+        return f"fails with {type(err).__name__}: {err}".strip()
+    finally:
+        case.model.generation_config.min_new_tokens = None
+    return "runs"
 
 
 def _comparison_rows(runners: list[_Runner]) -> list[dict[str, Any]]:
@@ -916,7 +1076,9 @@ def _comparison_rows(runners: list[_Runner]) -> list[dict[str, Any]]:
     return rows
 
 
-def _comparison_notes(inputs: Any, runners: list[_Runner], keep: float, error: str | None) -> list[str]:
+def _comparison_notes(
+    inputs: Any, runners: list[_Runner], keep: float, error: str | None, sdpa: str | None
+) -> list[str]:
     if error is not None:
         return [f"PyPI sparsevlm comparison skipped: {error}."]
     if not runners or inputs is None:
@@ -929,7 +1091,7 @@ def _comparison_notes(inputs: Any, runners: list[_Runner], keep: float, error: s
     notes = [
         f"PyPI sparsevlm: sparsevlm_generate(model, processor, inputs, n_vis={n_vis}, "
         f"keep_n_vis={max(1, round(n_vis * keep))}, max_new_tokens=..., device=...) on the eager copy of the "
-        "same model (its README requires eager/sdpa and reads output_attentions, which only eager returns): "
+        "same model (it reads output_attentions, which only eager attention returns): "
         "a full eager prefill that materialises every layer's attention weights, then the KV cache of every "
         "layer is cut to the kept tokens and generate() re-feeds the last prompt token.",
         f"PyPI sparsevlm scores attention[:, :, n_vis:, :n_vis], i.e. assumes the image tokens open the "
@@ -938,11 +1100,18 @@ def _comparison_notes(inputs: Any, runners: list[_Runner], keep: float, error: s
         "svlm rows prune inside the prefill (fewer tokens through the layers), at budget = keep share x "
         "visual tokens as the mean over layers; the PyPI package's prefill is dense (dense FLOPs).",
     ]
+    if sdpa is not None:
+        notes.append(f"PyPI sparsevlm on the SDPA model (probed once in this run): {sdpa}")
     return notes
 
 
 def _print(
-    meta: dict, rows: list[dict], comparison: list[dict], targets: list[dict], notes: list[str]
+    meta: dict,
+    rows: list[dict],
+    comparison: list[dict],
+    targets: list[dict],
+    notes: list[str],
+    ceiling: dict | None,
 ) -> None:
     print(
         f"svlm bench: {meta['model']} ({meta['family']}, {meta['parameters'] / 1e6:.1f}M params, "
@@ -955,9 +1124,19 @@ def _print(
     for r in rows:
         if "error" in r:
             print(f"  {r['label']}: not run ({r['error']})")
+    if ceiling is not None:
+        print(
+            f"decoder alone (no svlm): {ceiling['kept_tokens']} vs {ceiling['full_tokens']} tokens runs "
+            f"{ceiling['speedup']:.2f}x faster for {ceiling['flops_speedup']:.2f}x fewer FLOPs "
+            f"({ceiling['flops_speedup_causal']:.2f}x causal): efficiency ceiling "
+            f"{ceiling['efficiency']:.3f} ({ceiling['efficiency_causal']:.3f} causal)"
+        )
     if comparison:
         print("\nPyPI sparsevlm vs svlm (same Qwen2.5-VL model, same keep ratio, end-to-end generate):")
         print(format_table([r for r in comparison if "error" not in r], COMPARE_COLUMNS))
+        for r in comparison:
+            if "error" in r:
+                print(f"  {r['label']}: not run ({r['error']})")
     for note in notes:
         print(f"  note: {note}")
     print("\ntargets:")

@@ -58,3 +58,12 @@ def test_search_rejects_bad_options_and_tell_without_ask():
         EvolutionSearch([x], sigma=2.0)
     with pytest.raises(RuntimeError, match="ask"):
         EvolutionSearch([x]).tell(1.0, [0.5])
+
+
+def test_ties_are_rejected_and_shrink_the_step():
+    x = torch.nn.Parameter(torch.full((3,), 0.5), requires_grad=False)
+    search = EvolutionSearch([x], sigma=0.2, seed=0)
+    search.ask()
+    assert search.tell(1.0, [1.0]) is None  # no evidence, no move
+    torch.testing.assert_close(x, torch.full((3,), 0.5))
+    assert search.sigma < 0.2

@@ -1,0 +1,164 @@
+"""``svlm bench``: runs end to end on a tiny model; its arithmetic; the engine fast paths it relies on."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import svlm
+from svlm.bench import ROW_COLUMNS, bench, cache_bytes, efficiency, format_table, paired_speedup
+from svlm.engine import session as session_module
+
+
+def test_speedup_and_efficiency_arithmetic():
+    # per-round ratios 2, 4, 3 -> median 3; a drifting round does not drag the median
+    assert paired_speedup([2.0, 8.0, 3.0], [1.0, 2.0, 1.0]) == 3.0
+    assert paired_speedup([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert math.isnan(paired_speedup([], []))
+    # 6x faster while doing 8x fewer FLOPs -> 75% of the FLOPs limit
+    assert efficiency(6.0, dense_flops=800.0, sparse_flops=100.0) == pytest.approx(0.75)
+    assert efficiency(1.0, 100.0, 100.0) == 1.0
+    assert math.isnan(efficiency(2.0, 100.0, 0.0))
+    with pytest.raises(ValueError):
+        paired_speedup([1.0, 2.0], [1.0])
+
+
+def test_cache_bytes_counts_keys_and_values(make_tiny_vlm):
+    config = make_tiny_vlm("llava").model.config
+    cache = DynamicCache(config=config)
+    k = torch.zeros(2, 4, 10, 16)
+    cache.update(k, k.clone(), layer_idx=0)
+    assert cache_bytes(cache) == 2 * k.numel() * 4
+    assert cache_bytes(object()) is None
+
+
+def test_format_table_marks_missing_values():
+    text = format_table(
+        [{"a": "x", "b": 1.5}, {"a": "yy", "b": float("nan")}], [("a", "A", "{}"), ("b", "B", "{:.1f}")]
+    )
+    assert text.splitlines() == ["A     B", "x   1.5", "yy    -"]
+
+
+def test_bench_writes_json_and_csv(tmp_path, capsys):
+    out = tmp_path / "bench" / "bench.json"
+    rows = bench(
+        model="tiny:llava",
+        strategies=["dense", "random", "fastv"],
+        budgets=[64],
+        batch_sizes=[2],
+        batch_strategies=["random"],
+        max_new_tokens=2,
+        repeats=1,
+        warmup=0,
+        output=out,
+        progress=False,
+        steady_memory=False,
+    )
+    data = json.loads(out.read_text())
+    assert set(data) == {"meta", "rows", "decoder_ceiling", "comparison", "notes", "targets"}
+    ceiling = data["decoder_ceiling"]  # the model's own decoder on 600 vs 24 + 64 tokens, no svlm
+    assert (ceiling["full_tokens"], ceiling["kept_tokens"]) == (600, 88)
+    assert ceiling["efficiency"] == pytest.approx(ceiling["speedup"] / ceiling["flops_speedup"])
+    labels = [r["label"] for r in data["rows"]]
+    assert labels == ["hf", "dense", "random-64", "fastv-64", "hf@b2", "random-64@b2"]
+    assert [r["label"] for r in rows] == labels
+    by = {r["label"]: r for r in data["rows"]}
+    assert "BudgetError" in by["fastv-64"]["error"]  # infeasible on 4 layers: recorded, the run goes on
+    hf, random = by["hf"], by["random-64"]
+    assert hf["prefill_speedup"] == 1.0 and hf["flops_speedup"] == 1.0 and hf["budget"] == 576
+    assert random["budget"] == 64 and random["flops_ratio"] < 0.3
+    assert random["efficiency"] == pytest.approx(random["prefill_speedup"] / random["flops_speedup"])
+    assert random["flops_speedup"] == pytest.approx(random["dense_prefill_gflops"] / random["prefill_gflops"])
+    assert random["scoring_s"] > 0 and random["scoring_share"] == pytest.approx(
+        random["scoring_s"] / hf["prefill_s"]
+    )
+    assert 0 < random["kv_cache_mb"] < hf["kv_cache_mb"] / 4  # measured on the cache decoding starts from
+    for row in (hf, random):
+        assert 0 < row["prefill_s"] <= row["ttft_s"] <= row["generate_s"]
+        assert row["decode_tok_s"] > 0
+    assert by["random-64@b2"]["batch_size"] == 2 and by["random-64@b2"]["batch_gain"] > 0
+    assert data["meta"]["num_threads"] == 1 and data["meta"]["max_new_tokens"] == 2
+    assert any(t["target"].startswith("random-64: prefill speedup") for t in data["targets"])
+
+    with open(out.with_suffix(".csv")) as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == ROW_COLUMNS
+        csv_rows = list(reader)
+    assert [r["label"] for r in csv_rows] == labels
+    assert float(csv_rows[2]["prefill_speedup"]) == pytest.approx(random["prefill_speedup"])
+    printed = capsys.readouterr().out
+    assert "random-64" in printed and "targets:" in printed and "fastv-64: not run" in printed
+
+
+def test_bench_rejects_bad_options():
+    with pytest.raises(ValueError, match="repeats"):
+        bench(model="tiny:llava", repeats=0, progress=False)
+    with pytest.raises(ValueError, match="timer"):
+        bench(model="tiny:llava", timer="gpu", progress=False)
+    with pytest.raises(ValueError, match="compare_keep"):
+        bench(model="tiny:llava", compare_keep=25, progress=False)
+    with pytest.raises(ValueError, match="Unknown strategy|randm"):
+        bench(model="tiny:llava", strategies=["randm"], progress=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sparsevlm") is None, reason="PyPI sparsevlm not installed")
+def test_comparison_with_pypi_sparsevlm(tmp_path):
+    out = tmp_path / "bench.json"
+    bench(
+        model="tiny:llava",
+        strategies=["dense"],
+        max_new_tokens=2,
+        repeats=1,
+        warmup=0,
+        compare_sparsevlm=True,
+        compare_model="tiny:qwen2_5_vl",
+        compare_strategies=["random"],
+        output=out,
+        progress=False,
+        steady_memory=False,
+    )
+    data = json.loads(out.read_text())
+    rows = {r["label"]: r for r in data["comparison"]}
+    assert list(rows) == ["hf", "hf-eager", "sparsevlm-pypi", "random-0.25"]
+    pypi, ours = rows["sparsevlm-pypi"], rows["random-0.25"]
+    assert pypi["speedup_vs_pypi"] == 1.0 and pypi["attn_implementation"] == "eager"
+    assert pypi["kv_cache_mb"] < rows["hf"]["kv_cache_mb"]  # it prunes the cache after a dense prefill
+    assert ours["budget"] == pytest.approx(144, abs=1) and ours["speedup_vs_pypi"] > 0
+    assert any("position 15" in note for note in data["notes"])
+
+
+def test_scoring_time_is_reported(make_tiny_vlm, images, questions):
+    tiny = make_tiny_vlm("llava")
+    inputs = tiny.inputs(images[:1], questions[:1])
+    sparse = svlm.sparsify(tiny.model, "fastv", k=1, budget=200)
+    sparse.generate(**inputs, max_new_tokens=2)
+    assert 0 < sparse.last_report.scoring_seconds < 1
+    # the session keeps no reference to the call's inputs (KV cache, pixels) once the call returns
+    assert sparse._session.call_inputs == {} and sparse._session.ctx is None
+
+
+def test_scoring_from_cached_keys_equals_recomputed_rotary(make_tiny_vlm, images, questions, monkeypatch):
+    """The engine scores from the keys the KV cache holds instead of rotating every key again."""
+    tiny = make_tiny_vlm("qwen2_5_vl", num_key_value_heads=2)
+    inputs = tiny.inputs(images, questions)
+    pairs = []
+    attention = session_module.PruningSession._attention
+
+    def both(self, idx, seq, rows, rows_valid, q=None, k=None):
+        fast = attention(self, idx, seq, rows, rows_valid, q, k)
+        pairs.append(self._cached_keys(idx, seq, self.captured[idx]["q"]) is not None)
+        with monkeypatch.context() as m:
+            m.setattr(session_module.PruningSession, "_cached_keys", lambda *a: None)
+            slow = attention(self, idx, seq, rows, rows_valid, q, k)
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+        return fast
+
+    monkeypatch.setattr(session_module.PruningSession, "_attention", both)
+    svlm.sparsify(tiny.model, "sparsevlm", budget=0.3).generate(**inputs, max_new_tokens=1)
+    assert pairs and all(pairs)
