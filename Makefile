@@ -40,6 +40,8 @@ demo: install
 	$(BIN)/svlm test --config configs/demo.yaml
 
 bench: install
+	@# PyPI sparsevlm for the side-by-side run; --no-deps so it can never replace the pinned torch.
+	$(BIN)/python -m pip install --no-deps "sparsevlm==0.1.3" || echo "sparsevlm unavailable: the comparison is skipped"
 	$(BIN)/svlm bench --config configs/bench.yaml
 
 clean:

@@ -60,6 +60,7 @@ class Report:
         self.strategy = strategy
         self.decisions = decisions
         self.decode_steps = 0
+        self.scoring_seconds = 0.0  # wall time in the strategy's prepare/scoring/selection and the gathers
         self._seqs = layer_sequences
         self._prompt_tokens = prompt_valid.sum(-1).cpu()
         self._visual = torch.stack([s.visual_counts() for s in layer_sequences]).T.cpu()  # [b, L]
@@ -208,6 +209,7 @@ class Report:
             "prefill_flops": self.prefill_flops,
             "dense_prefill_flops": self.dense_prefill_flops,
             "scoring_flops": self.scoring_flops,
+            "scoring_seconds": self.scoring_seconds,
             "kv_cache_bytes": self.kv_cache_bytes,
             "dense_kv_cache_bytes": self.dense_kv_cache_bytes,
             "decode_steps": self.decode_steps,

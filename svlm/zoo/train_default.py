@@ -73,11 +73,15 @@ class RecipeConfig:
     intermediate_size: int = 160
     num_layers: int = 32
     num_heads: int = 2
-    initializer_range: float = 0.02
+    initializer_range: float = 0.2
+    # std of the decoder's residual-branch outputs (o_proj, down_proj) = initializer_range * this / sqrt(2 L):
+    # a deep narrow stack then starts close to the identity and learns like a shallow one
+    residual_init_scale: float = 1.0
     # data (the svlm-shapes generator's defaults, as evaluated by `svlm test`)
     data_image_size: int = 336
-    min_objects: int = 2
-    max_objects: int = 5
+    # curriculum: (end of phase as a fraction of `steps`, min objects, max objects) per phase; scenes with one
+    # object first teach the model to find the object among background tokens, then binding (2-5 objects)
+    curriculum: str = "0.15:1:1,0.35:1:3,1.0:2:5"
     # evaluation during training (val split; the test split is only used for the final report)
     eval_every: int = 200
     eval_samples: int = 100
@@ -152,6 +156,10 @@ def build_model(cfg: RecipeConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa")
+        std = cfg.initializer_range * cfg.residual_init_scale / math.sqrt(2 * cfg.num_layers)
+        for layer in model.model.language_model.layers:
+            torch.nn.init.normal_(layer.self_attn.o_proj.weight, std=std)
+            torch.nn.init.normal_(layer.mlp.down_proj.weight, std=std)
     gen = model.generation_config
     gen.do_sample = False
     gen.max_new_tokens = 8
@@ -326,6 +334,29 @@ def pack(
     )
 
 
+def parse_curriculum(spec: str) -> list[tuple[float, int, int]]:
+    """``"0.15:1:1,1.0:2:5"`` -> [(0.15, 1, 1), (1.0, 2, 5)]; the last phase must end at 1.0."""
+    try:
+        phases = [(float(e), int(lo), int(hi)) for e, lo, hi in (p.split(":") for p in spec.split(","))]
+    except ValueError:
+        raise ValueError(
+            f"curriculum must look like '0.15:1:1,0.35:1:3,1.0:2:5' (end fraction:min objects:max objects), "
+            f"got {spec!r}"
+        ) from None
+    ends = [e for e, _, _ in phases]
+    if ends != sorted(ends) or ends[-1] != 1.0 or any(not 1 <= lo <= hi <= 9 for _, lo, hi in phases):
+        raise ValueError(f"curriculum phases must end in increasing order at 1.0 with 1 <= min <= max <= 9: {spec!r}")
+    return phases
+
+
+def objects_at(cfg: RecipeConfig, step: int) -> tuple[int, int]:
+    """(min, max) objects per training scene at ``step`` (curriculum phase)."""
+    for end, lo, hi in parse_curriculum(cfg.curriculum):
+        if step < end * cfg.steps:
+            return lo, hi
+    return parse_curriculum(cfg.curriculum)[-1][1:]
+
+
 def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> PackedBatch:
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
@@ -336,8 +367,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
             "train",
             cfg.seed,
             image_size=cfg.data_image_size,
-            min_objects=cfg.min_objects,
-            max_objects=cfg.max_objects,
+            **dict(zip(("min_objects", "max_objects"), objects_at(cfg, step), strict=True)),
         )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
