@@ -283,6 +283,9 @@ class VLMEvaluator(pl.LightningModule):
             pairs are computed. Without it a test run starts a fresh journal.
         journal: Record every finished (point, batch) of ``test`` in ``<default_root_dir>/journal/`` (one
             JSON line each, flushed at once), which is what ``resume`` reads after a crash or Ctrl-C.
+        cpu_threads: Intra-op threads for torch on CPU (``None``: torch's default). On a shared or small
+            machine 1 avoids OpenMP threads spinning against other processes, which can slow a tiny model
+            down tenfold.
 
     Before the first generate of a run, every strategy point runs one prefill on the first sample, so a bad
     budget, pruning layer or input fails before any real work. Under DDP, metrics and costs are summed over
@@ -303,6 +306,7 @@ class VLMEvaluator(pl.LightningModule):
         main_metric: str | None = None,
         resume: bool = False,
         journal: bool = True,
+        cpu_threads: int | None = None,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -328,6 +332,10 @@ class VLMEvaluator(pl.LightningModule):
         self.points: list[dict[str, Any]] = []
         self.resume = resume
         self.journal = journal
+        if cpu_threads is not None:
+            if cpu_threads < 1:
+                raise ValueError(f"cpu_threads must be >= 1 (or null for torch's default); got {cpu_threads}")
+            torch.set_num_threads(cpu_threads)
         self.reused: int = 0  # (point, batch) results taken from the journal in the last run (this process)
         self._journal: Journal | None = None
         self._point_keys: list[str] = []
