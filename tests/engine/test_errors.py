@@ -9,7 +9,8 @@ import svlm
 
 
 def test_unknown_strategy_suggests_a_name(tiny):
-    with pytest.raises(ValueError, match=r"Unknown strategy 'sparsevllm'. Did you mean 'sparsevlm'\? Valid strategies: dense"):
+    message = r"Unknown strategy 'sparsevllm'. Did you mean 'sparsevlm'\? Valid strategies: dense"
+    with pytest.raises(ValueError, match=message):
         svlm.sparsify(tiny.model, "sparsevllm")
 
 
