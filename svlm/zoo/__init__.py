@@ -1,8 +1,9 @@
-"""Trained models that ship with svlm, so offline runs have an accuracy axis without downloading weights.
+"""Trained models for svlm, so offline runs have an accuracy axis without downloading weights.
 
-``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP-style vision tower, MLP projector, 32-layer
-Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
-``python -m svlm.zoo.train_default``. Load it like any saved checkpoint::
+``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP-style vision tower, MLP projector,
+32-layer Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
+``python -m svlm.zoo.train_default``, which saves it into this package folder. The weights are not shipped
+yet (no run has reached the target accuracy); once built, load it like any saved checkpoint::
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
     path = svlm.zoo.default_model_path()

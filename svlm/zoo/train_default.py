@@ -254,6 +254,7 @@ class PackedBatch:
     target_rows: torch.Tensor  # [n] batch index of each supervised position
     target_cols: torch.Tensor  # [n] position whose output predicts the target
     targets: torch.Tensor  # [n] target token ids
+    target_question: torch.Tensor  # [n] index of the question (over the batch) each target belongs to
     branch_starts: list[list[tuple[int, int, int]]]  # per sample: (start, length, answer_len) per branch
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -305,7 +306,8 @@ def pack(
     input_ids = torch.full((b, t), tok.pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((b, t), dtype=torch.long)
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
-    rows, cols, targets = [], [], []
+    rows, cols, targets, owner = [], [], [], []
+    num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         position_ids[i, :p] = torch.arange(p)
@@ -319,6 +321,8 @@ def pack(
                 rows.append(i)
                 cols.append(j - 1)
                 targets.append(ids[j])
+                owner.append(num_questions)
+            num_questions += 1
         pad = torch.arange(len(ids), t)
         mask[i, 0, pad, pad] = True  # padding attends to itself only (no fully masked rows)
     pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
@@ -330,31 +334,54 @@ def pack(
         target_rows=torch.tensor(rows),
         target_cols=torch.tensor(cols),
         targets=torch.tensor(targets),
+        target_question=torch.tensor(owner),
         branch_starts=branches,
     )
 
 
-def parse_curriculum(spec: str) -> list[tuple[float, int, int]]:
-    """``"0.15:1:1,1.0:2:5"`` -> [(0.15, 1, 1), (1.0, 2, 5)]; the last phase must end at 1.0."""
+@dataclass(frozen=True)
+class Phase:
+    """Training scenes up to ``end`` (fraction of the steps): ``min_objects``-``max_objects`` shapes of side
+    ``shape_scale`` x image size."""
+
+    end: float
+    min_objects: int
+    max_objects: int
+    shape_scale: float = 1 / 7
+
+    def scene_kwargs(self) -> dict[str, Any]:
+        return {
+            "min_objects": self.min_objects,
+            "max_objects": self.max_objects,
+            "shape_scale": self.shape_scale,
+        }
+
+
+def parse_curriculum(spec: str) -> list[Phase]:
+    """``"0.1:1:1:0.3,1.0:2:5"`` -> phases (end fraction : min objects : max objects [: shape scale])."""
     try:
-        phases = [(float(e), int(lo), int(hi)) for e, lo, hi in (p.split(":") for p in spec.split(","))]
-    except ValueError:
+        phases = [
+            Phase(float(f[0]), int(f[1]), int(f[2]), *map(float, f[3:4]))
+            for f in (p.split(":") for p in spec.split(","))
+        ]
+    except (ValueError, TypeError, IndexError):
         raise ValueError(
-            f"curriculum must look like '0.15:1:1,0.35:1:3,1.0:2:5' (end fraction:min objects:max objects), "
-            f"got {spec!r}"
+            "curriculum must look like '0.1:1:1:0.3,1.0:2:5' (end fraction:min objects:max objects"
+            f"[:shape scale], one phase per comma), got {spec!r}"
         ) from None
-    ends = [e for e, _, _ in phases]
-    if ends != sorted(ends) or ends[-1] != 1.0 or any(not 1 <= lo <= hi <= 9 for _, lo, hi in phases):
-        raise ValueError(f"curriculum phases must end in increasing order at 1.0 with 1 <= min <= max <= 9: {spec!r}")
+    ends = [p.end for p in phases]
+    if ends != sorted(ends) or ends[-1] != 1.0:
+        raise ValueError(f"curriculum phases must end in increasing order, the last at 1.0: {spec!r}")
+    for p in phases:
+        if not 1 <= p.min_objects <= p.max_objects <= 9 or not 0 < p.shape_scale <= 1 / 3:
+            raise ValueError(f"curriculum phase {p} needs 1 <= min <= max <= 9 objects and 0 < scale <= 1/3")
     return phases
 
 
-def objects_at(cfg: RecipeConfig, step: int) -> tuple[int, int]:
-    """(min, max) objects per training scene at ``step`` (curriculum phase)."""
-    for end, lo, hi in parse_curriculum(cfg.curriculum):
-        if step < end * cfg.steps:
-            return lo, hi
-    return parse_curriculum(cfg.curriculum)[-1][1:]
+def phase_at(cfg: RecipeConfig, step: int) -> Phase:
+    """The curriculum phase of ``step``."""
+    phases = parse_curriculum(cfg.curriculum)
+    return next((p for p in phases if step < p.end * cfg.steps), phases[-1])
 
 
 def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> PackedBatch:
@@ -367,7 +394,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
             "train",
             cfg.seed,
             image_size=cfg.data_image_size,
-            **dict(zip(("min_objects", "max_objects"), objects_at(cfg, step), strict=True)),
+            **phase_at(cfg, step).scene_kwargs(),
         )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
@@ -376,11 +403,16 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
 
 
 def packed_loss(model: PreTrainedModel, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over answer tokens and the per-token correctness (LM head on targets only)."""
+    """Mean cross-entropy over answer tokens, and per question whether teacher-forced greedy decoding gets
+    every answer token right (LM head on target positions only)."""
     hidden = model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
     logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
     loss = torch.nn.functional.cross_entropy(logits, batch.targets)
-    return loss, (logits.argmax(-1) == batch.targets)
+    wrong = (logits.argmax(-1) != batch.targets).float()
+    per_question = torch.zeros(int(batch.target_question.max()) + 1).index_add_(
+        0, batch.target_question, wrong
+    )
+    return loss, per_question == 0
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -490,7 +522,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
             entry = {
                 "step": step + 1,
                 "loss": float(np.mean(window)),
-                "token_acc": float(np.mean(window_acc)),
+                "answer_acc": float(np.mean(window_acc)),
                 "lr": lr_at(cfg, step),
                 "elapsed_s": round(time.perf_counter() - start, 1),
             }
