@@ -57,6 +57,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from svlm.results import format_table
+
 __all__ = [
     "COMPARE_MODEL",
     "ROW_COLUMNS",
@@ -145,27 +147,6 @@ def cache_bytes(cache: Any) -> int | None:
 def _median(values: Sequence[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(finite) if finite else math.nan
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
-    """Plain-text table; ``cols`` are (key, header, format). Missing / NaN values print as ``-``."""
-
-    def cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
-        v = row.get(key)
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            return "-"
-        return fmt.format(v)
-
-    head = [h for _, h, _ in cols]
-    body = [[cell(r, k, f) for k, _, f in cols] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(head), *(line(b) for b in body)])
 
 
 # -- measuring one call ---------------------------------------------------------------------------------

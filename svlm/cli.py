@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import os
 import sys
 import warnings
@@ -27,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from svlm.bench import bench, bench_parser
 from svlm.module import VLMEvaluator, build_point_strategy, expand_points
+from svlm.results import format_table
 
 __all__ = ["SVLMCLI", "bench", "format_points", "main", "parse_config", "strategies_table"]
 
@@ -187,31 +187,10 @@ def parse_config(path: str | Path, subcommand: str | None = None) -> Any:
 # -- tables -----------------------------------------------------------------------------------------------
 
 
-def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
-    """Plain-text table; ``cols`` are (key, header, format). Missing / NaN values print as ``-``."""
-
-    def cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
-        v = row.get(key)
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            return "-"
-        return fmt.format(v)
-
-    head = [h for _, h, _ in cols]
-    body = [[cell(r, k, f) for k, _, f in cols] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(head), *(line(b) for b in body)])
-
-
 def format_points(points: Sequence[Mapping[str, Any]]) -> str:
     """The strategy points of a test run as a compact table (what a terminal user wants to see first)."""
     main = (points[0].get("main_metric") if points else None) or "accuracy"
-    return _table(
+    return format_table(
         points,
         [
             ("label", "label", "{}"),
