@@ -66,7 +66,7 @@ def test_shipped_model_architecture(shipped) -> None:
     model, processor = shipped
     assert isinstance(model, LlavaForConditionalGeneration)
     text = model.config.text_config
-    assert text.model_type == "llama" and text.num_hidden_layers == 32
+    assert text.model_type == "llama" and text.num_hidden_layers == recipe.RecipeConfig().num_layers >= 8
     assert model.config.vision_config.model_type == "clip_vision_model"
     assert processor.tokenizer.padding_side == "left"
     batch = _inputs(processor, [shapes.generate_sample(0, "test")])
@@ -185,6 +185,85 @@ def test_recipe_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
     batch = _inputs(processor, [shapes.generate_sample(0, "test", image_size=64)])
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_patch_labels_mark_each_objects_patches() -> None:
+    sample = shapes.generate_sample(3, "train")
+    grid = 224 // recipe.PATCH_SIZE
+    shape_y, color_y = recipe.patch_labels(sample, 224, 336)
+    centre_y, _ = recipe.patch_labels(sample, 224, 336, centre_only=True)
+    assert shape_y.shape == color_y.shape == (grid * grid,)
+    for o in sample["objects"]:
+        x0, y0, x1, y1 = (v * 224 / 336 for v in o["bbox"])
+        centre = int((y0 + y1) / 2 // recipe.PATCH_SIZE) * grid + int((x0 + x1) / 2 // recipe.PATCH_SIZE)
+        assert shape_y[centre] == centre_y[centre] == shapes.SHAPES.index(o["shape"]) + 1
+        assert color_y[centre] == list(shapes.COLORS).index(o["color"]) + 1
+    on_objects = color_y > 0
+    assert 0 < int(on_objects.sum()) < grid * grid // 4  # small shapes on a plain background
+    assert int((centre_y > 0).sum()) == len(sample["objects"])  # one labelled patch per object
+    assert bool((centre_y[on_objects & (centre_y <= 0)] == -100).all())
+    assert bool((shape_y[~on_objects] == 0).all())
+
+
+def test_cell_labels_follow_the_three_by_three_grid() -> None:
+    cells = recipe.cell_labels(224).reshape(16, 16)
+    assert (
+        cells[0, 0] == 0
+        and cells[0, -1] == 2
+        and cells[8, 8] == 4
+        and cells[-1, 0] == 6
+        and cells[-1, -1] == 8
+    )
+    assert sorted(set(cells.flatten().tolist())) == list(range(9))
+
+
+def test_evidence_objects_are_the_objects_a_question_is_about() -> None:
+    for i in range(30):
+        sample = shapes.generate_sample(i, "train")
+        objs = sample["objects"]
+        for q, a in recipe.derived_questions(sample, 12, random.Random(i)):
+            found = [objs[j] for j in recipe.evidence_objects(sample, q)]
+            if q.startswith("How many"):
+                assert len(found) == int(a)
+            elif q.startswith("Is there"):
+                assert (len(found) > 0) == (a == "yes")
+            elif q.startswith("What color"):
+                assert [o["color"] for o in found] == [a]
+            elif q.startswith("What shape"):
+                assert [o["shape"] for o in found] == [a]
+            else:
+                assert [o["position"] for o in found] == [a]
+
+
+def test_attention_supervision_reads_the_models_own_attention() -> None:
+    """The rows-only evidence term equals -log(attention mass on evidence) taken from eager attention."""
+    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "num_layers": 3, "attention_weight": 1.0})
+    model, processor = recipe.build_model(cfg)
+    model.eval().set_attn_implementation("eager")
+    batch = recipe.train_batch(cfg, processor, 0)
+    assert batch.evidence_rows is not None and len(batch.evidence_rows) > 0
+    attn = model.model.language_model.layers[1].self_attn
+    captured = {}
+    handle = attn.register_forward_pre_hook(
+        lambda m, a, kw: captured.update(x=(kw["hidden_states"], kw["position_embeddings"])), with_kwargs=True
+    )
+    mask = torch.zeros(batch.attention_mask.shape).masked_fill(~batch.attention_mask, float("-inf"))
+    with torch.no_grad():
+        inputs = {**batch.model_inputs(), "attention_mask": mask}
+        weights = model.model(**inputs, output_attentions=True).attentions[1]
+        ours = recipe.evidence_attention_loss(attn, *captured["x"], batch)
+    handle.remove()
+    n = batch.evidence_masks.shape[1]
+    rows = weights[batch.evidence_rows, :, batch.evidence_query_cols][
+        :, :, batch.image_start : batch.image_start + n
+    ]
+    rows = rows / rows.sum(-1, keepdim=True)
+    heads = cfg.num_heads // 2
+    expected = -(rows[:, :heads] * batch.evidence_masks[:, None]).sum(-1).log().mean()
+    assert float(ours) == pytest.approx(float(expected), rel=1e-4)
+    loss, _ = recipe.packed_loss(model, batch, [1], 1.0)
+    plain, _ = recipe.packed_loss(model, batch)
+    assert float(loss) == pytest.approx(float(plain) + float(expected), rel=1e-3)
 
 
 def test_recipe_is_deterministic() -> None:

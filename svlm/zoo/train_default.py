@@ -3,10 +3,20 @@
     python -m svlm.zoo.train_default --output-dir svlm/zoo/svlm-shapes-llava          # the shipped model
     python -m svlm.zoo.train_default --output-dir /tmp/smoke --smoke                     # a few seconds
 
-The model is ``LlavaForConditionalGeneration`` (CLIP-style vision tower, 2-layer MLP projector, Llama decoder
-with 32 layers like LLaVA-1.5-7B so in-LLM pruning at layers 2/6/15 means what it does there), trained end to
-end from scratch on the shapes *train* split. Everything is seeded and the data are a pure function of the
-seed and the step, so a run is reproducible up to floating-point non-associativity of the kernels.
+The model is ``LlavaForConditionalGeneration``: a CLIP vision tower (224 px, 14-px patches: 256 visual
+tokens), the 2-layer MLP projector and a 12-layer Llama decoder, trained from scratch on the shapes *train*
+split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
+
+1. Vision pretraining: the tower learns to tell, at each patch, the colour and shape of the object covering
+   it and the 3x3 grid cell the patch lies in (linear heads on its output, discarded afterwards). Shape
+   labels sit on each object's centre patch first, then on all its patches.
+2. Visual question answering: projector and decoder learn to answer the benchmark's questions (the tower is
+   frozen by default). Optionally (``--attention-weight``), half the heads of a few decoder layers are
+   also told where to look: the loss adds -log of the attention mass that the answer position puts on the
+   patches of the objects the question is about (known from the scene annotation).
+
+Everything is seeded and the data are a pure function of the seed and the step, so a run is reproducible up
+to floating-point non-associativity of the kernels.
 
 Why it trains in minutes on two cores:
 
@@ -14,7 +24,7 @@ Why it trains in minutes on two cores:
   branch per question (question + instruction + answer); a 4-D attention mask lets each branch see the
   prefix and itself only, and position ids restart after the prefix, so every branch is computed exactly as
   the single-question evaluation prompt would be (``tests/test_zoo.py`` checks this against a plain forward).
-  The expensive part, 256 visual tokens through 32 layers, is paid once for all questions.
+  The expensive part, 256 visual tokens through the decoder, is paid once for all questions.
 - Extra questions are derived from the scene annotation of the same training image with the benchmark's own
   templates (the original question is always one of them), balanced over question types.
 - The loss is teacher-forced cross-entropy on the answer tokens (answer and end-of-sequence) only, and the
@@ -56,24 +66,40 @@ class RecipeConfig:
     """Everything that determines the trained weights (written to ``training_log.json``)."""
 
     seed: int = 0
-    steps: int = 1200
+    # stage 1: vision-tower pretraining (stands in for CLIP's pretraining; 0 skips it)
+    vision_steps: int = 1500
+    vision_batch_size: int = 16
+    vision_lr: float = 3e-3
+    cell_loss_weight: float = 0.0  # weight of the grid-cell head (0: cells are left to the decoder)
+    # shape labels on the patch at each object's centre first (unambiguous), on every patch it covers from
+    # this fraction of the stage on, so that all of an object's tokens carry its shape
+    shape_dense_from: float = 1.0
+    vision_min_objects: int = 5  # crowded scenes: more labelled objects per image at the same cost
+    # stage 2: end-to-end VQA training of the whole model
+    steps: int = 1500
+    vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
     batch_size: int = 8
-    questions_per_image: int = 6
+    questions_per_image: int = 8
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    # attention supervision: weight of -log(attention mass on the evidence patches) from the answer position,
+    # for half the heads of these decoder layers (0 turns it off)
+    attention_weight: float = 0.5
+    attention_layers: str = "3,6"
     # architecture
     image_size: int = 224
-    vision_hidden_size: int = 64
-    vision_layers: int = 3
-    vision_heads: int = 2
-    hidden_size: int = 64
-    intermediate_size: int = 160
-    num_layers: int = 32
-    num_heads: int = 2
-    initializer_range: float = 0.2
+    vision_hidden_size: int = 96
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_initializer_range: float = 0.2
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    num_layers: int = 12
+    num_heads: int = 4
+    initializer_range: float = 0.05
     # std of the decoder's residual-branch outputs (o_proj, down_proj) = initializer_range * this / sqrt(2 L):
     # a deep narrow stack then starts close to the identity and learns like a shallow one
     residual_init_scale: float = 1.0
@@ -81,9 +107,9 @@ class RecipeConfig:
     data_image_size: int = 336
     # curriculum: (end of phase as a fraction of `steps`, min objects, max objects) per phase; scenes with one
     # object first teach the model to find the object among background tokens, then binding (2-5 objects)
-    curriculum: str = "0.15:1:1,0.35:1:3,1.0:2:5"
+    curriculum: str = "0.1:1:1,0.3:1:3,1.0:2:5"
     # evaluation during training (val split; the test split is only used for the final report)
-    eval_every: int = 200
+    eval_every: int = 300
     eval_samples: int = 100
     test_samples: int = 500
     threads: int = 2
@@ -104,6 +130,8 @@ SMOKE = {
     "eval_samples": 4,
     "test_samples": 4,
     "warmup_steps": 1,
+    "vision_steps": 2,
+    "vision_batch_size": 2,
 }
 
 
@@ -127,7 +155,7 @@ def build_model(cfg: RecipeConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
         num_attention_heads=cfg.vision_heads,
         image_size=cfg.image_size,
         patch_size=PATCH_SIZE,
-        initializer_range=cfg.initializer_range,
+        initializer_range=cfg.vision_initializer_range,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -239,6 +267,20 @@ def derived_questions(sample: dict, k: int, rng: random.Random) -> list[tuple[st
     return out
 
 
+_TYPE_PREFIXES = {
+    "What color": "color",
+    "What shape": "shape",
+    "How many": "count",
+    "Is there": "exist",
+    "Where is": "position",
+}
+
+
+def question_type(question: str) -> str:
+    """The svlm-shapes question type of a templated question."""
+    return next((t for prefix, t in _TYPE_PREFIXES.items() if question.startswith(prefix)), "other")
+
+
 def prompt_text(processor: ProcessorMixin, question: str) -> str:
     """The evaluation prompt of svlm-shapes (question + short-answer instruction, chat template)."""
     conversation = build_conversation(with_instruction(question, SHORT_ANSWER))
@@ -255,7 +297,14 @@ class PackedBatch:
     target_cols: torch.Tensor  # [n] position whose output predicts the target
     targets: torch.Tensor  # [n] target token ids
     target_question: torch.Tensor  # [n] index of the question (over the batch) each target belongs to
+    question_types: list[str]  # type of each question (over the batch)
     branch_starts: list[list[tuple[int, int, int]]]  # per sample: (start, length, answer_len) per branch
+    # attention supervision: per supervised question, its sequence, the position that predicts the answer's
+    # first token, and its evidence tokens [n, visual tokens]; image tokens start at `image_start`
+    evidence_rows: torch.Tensor | None = None
+    evidence_query_cols: torch.Tensor | None = None
+    evidence_masks: torch.Tensor | None = None
+    image_start: int = 0
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {
@@ -267,7 +316,10 @@ class PackedBatch:
 
 
 def pack(
-    processor: ProcessorMixin, images: Sequence[Any], qas: Sequence[Sequence[tuple[str, str]]]
+    processor: ProcessorMixin,
+    images: Sequence[Any],
+    qas: Sequence[Sequence[tuple[str, str]]],
+    evidence: Sequence[Sequence[torch.Tensor | None]] | None = None,
 ) -> PackedBatch:
     """One sequence per image: the image prefix once, then one (question, answer) branch per pair.
 
@@ -292,6 +344,7 @@ def pack(
                 raise RuntimeError(f"answer {answer!r} changes the prompt's tokenization")
             full = full + [tok.eos_token_id]
             cut = prompt.index(image_id) + 2  # <s> USER: <image> \n | question ...
+            image_start = cut - 2
             if prefix is None:
                 prefix = full[:cut]
                 ids = prefix[: cut - 2] + [image_id] * num_image + prefix[cut - 1 :]
@@ -307,13 +360,18 @@ def pack(
     position_ids = torch.zeros((b, t), dtype=torch.long)
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
     rows, cols, targets, owner = [], [], [], []
+    ev_rows, ev_cols, ev_masks = [], [], []
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         position_ids[i, :p] = torch.arange(p)
         mask[i, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
-        for start, length, answer_len in spans:
+        for k, (start, length, answer_len) in enumerate(spans):
             end = start + length
+            if evidence is not None and evidence[i][k] is not None:
+                ev_rows.append(i)
+                ev_cols.append(end - answer_len - 1)
+                ev_masks.append(evidence[i][k])
             position_ids[i, start:end] = torch.arange(p, p + length)
             mask[i, 0, start:end, :p] = True
             mask[i, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
@@ -335,7 +393,12 @@ def pack(
         target_cols=torch.tensor(cols),
         targets=torch.tensor(targets),
         target_question=torch.tensor(owner),
+        question_types=[question_type(q) for pairs in qas for q, _ in pairs],
         branch_starts=branches,
+        evidence_rows=torch.tensor(ev_rows) if ev_rows else None,
+        evidence_query_cols=torch.tensor(ev_cols) if ev_rows else None,
+        evidence_masks=torch.stack(ev_masks) if ev_rows else None,
+        image_start=image_start,
     )
 
 
@@ -387,7 +450,7 @@ def phase_at(cfg: RecipeConfig, step: int) -> Phase:
 def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> PackedBatch:
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
-    images, qas = [], []
+    images, qas, evidence = [], [], []
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
         sample = shapes.generate_sample(
             i,
@@ -399,20 +462,247 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
         qas.append(derived_questions(sample, cfg.questions_per_image, rng))
-    return pack(processor, images, qas)
+        if cfg.attention_weight > 0:
+            evidence.append(evidence_tokens(sample, qas[-1], cfg.image_size, cfg.data_image_size))
+    return pack(processor, images, qas, evidence if cfg.attention_weight > 0 else None)
 
 
-def packed_loss(model: PreTrainedModel, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over answer tokens, and per question whether teacher-forced greedy decoding gets
-    every answer token right (LM head on target positions only)."""
-    hidden = model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+def packed_loss(
+    model: PreTrainedModel,
+    batch: PackedBatch,
+    attention_layers: Sequence[int] = (),
+    attention_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
+    set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
+    target positions only)."""
+    supervise = attention_weight > 0 and batch.evidence_rows is not None and len(attention_layers) > 0
+    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+    if supervise:
+        layers = model.model.language_model.layers
+        for index in attention_layers:
+
+            def grab(module, args, kwargs, index=index):
+                captured[index] = (kwargs["hidden_states"], kwargs["position_embeddings"])
+
+            handles.append(layers[index].self_attn.register_forward_pre_hook(grab, with_kwargs=True))
+    try:
+        hidden = model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+    finally:
+        for h in handles:
+            h.remove()
     logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
     loss = torch.nn.functional.cross_entropy(logits, batch.targets)
+    if supervise:
+        terms = [
+            evidence_attention_loss(model.model.language_model.layers[i].self_attn, *captured[i], batch)
+            for i in attention_layers
+        ]
+        loss = loss + attention_weight * torch.stack(terms).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
     per_question = torch.zeros(int(batch.target_question.max()) + 1).index_add_(
         0, batch.target_question, wrong
     )
     return loss, per_question == 0
+
+
+def evidence_attention_loss(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+) -> torch.Tensor:
+    """-log of the attention mass that half of the layer's heads put on the question's evidence tokens, among
+    the visual tokens, from the position that predicts the answer (rows-only: queries of the supervised
+    positions, keys of the image only). The other heads stay free."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rows, cols, evidence = batch.evidence_rows, batch.evidence_query_cols, batch.evidence_masks
+    n_visual = evidence.shape[1]
+    head_dim = attn.head_dim
+    heads = attn.config.num_attention_heads
+    cos, sin = position_embeddings
+    visual = torch.arange(batch.image_start, batch.image_start + n_visual)
+    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
+    k = attn.k_proj(hidden[rows][:, visual]).view(len(rows), n_visual, -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
+    _, k = apply_rotary_pos_emb(k, k, cos[rows][:, visual], sin[rows][:, visual])
+    supervised = max(1, heads // 2)
+    kv_group = heads // k.shape[1]
+    k = k.repeat_interleave(kv_group, dim=1)[:, :supervised]
+    scores = (q[:, :supervised] @ k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [n, h', visual]
+    logp = scores.float().log_softmax(-1)
+    mass = logp.masked_fill(~evidence[:, None, :], float("-inf")).logsumexp(-1)
+    return -mass.mean()
+
+
+# ---------------------------------------------------------------------------------- vision pretraining
+
+
+def object_coverage(sample: dict, image_size: int, data_image_size: int) -> torch.Tensor:
+    """[objects, visual tokens] share of each patch covered by each object's silhouette (rendered alone)."""
+    grid = image_size // PATCH_SIZE
+    out = []
+    for o in sample["objects"]:
+        obj = shapes.Shape(o["shape"], o["color"], shapes.POSITIONS.index(o["position"]), tuple(o["bbox"]))
+        mask = shapes.render([obj], data_image_size, (0, 0, 0)).convert("L").resize((image_size, image_size))
+        cover = torch.from_numpy(np.asarray(mask) > 0).float()
+        out.append(cover.reshape(grid, PATCH_SIZE, grid, PATCH_SIZE).mean((1, 3)).flatten())
+    return torch.stack(out) if out else torch.zeros(0, grid * grid)
+
+
+def patch_labels(
+    sample: dict, image_size: int, data_image_size: int, centre_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per visual token: (shape, colour) class with 0 = background, from the scene annotation.
+
+    A token is labelled with the object covering most of its patch (at least a quarter of it). With
+    ``centre_only`` the shape label is kept only on the patch holding each object's centre (-100 elsewhere on
+    the object: ignored by the loss).
+    """
+    grid = image_size // PATCH_SIZE
+    cover = object_coverage(sample, image_size, data_image_size)
+    shape_y = torch.zeros(grid * grid, dtype=torch.long)
+    color_y = torch.zeros(grid * grid, dtype=torch.long)
+    if len(cover):
+        best, owner = cover.max(0)
+        on = best >= 0.25
+        objs = sample["objects"]
+        shape_ids = torch.tensor([shapes.SHAPES.index(o["shape"]) + 1 for o in objs])
+        color_ids = torch.tensor([list(shapes.COLORS).index(o["color"]) + 1 for o in objs])
+        shape_y = torch.where(on, shape_ids[owner], 0)
+        color_y = torch.where(on, color_ids[owner], 0)
+        if centre_only:
+            scale = image_size / data_image_size
+            keep = torch.zeros_like(on)
+            for o in objs:
+                x0, y0, x1, y1 = o["bbox"]
+                col = min(int((x0 + x1) / 2 * scale // PATCH_SIZE), grid - 1)
+                row = min(int((y0 + y1) / 2 * scale // PATCH_SIZE), grid - 1)
+                keep[row * grid + col] = True
+            shape_y = torch.where(keep | ~on, shape_y, -100)
+    return shape_y, color_y
+
+
+def evidence_objects(sample: dict, question: str) -> list[int]:
+    """Indices of the objects a templated svlm-shapes question is about (empty when none is: a count of 0, a
+    "no" to "Is there ...")."""
+    objs = sample["objects"]
+    words = question.rstrip("?").split()
+    if question.startswith("What color is the "):
+        return [i for i, o in enumerate(objs) if o["shape"] == words[-1]]
+    if question.startswith("What shape is at the "):
+        phrase = question[len("What shape is at the ") : -len(" of the image?")]
+        return [i for i, o in enumerate(objs) if shapes.POSITION_PHRASES[o["position"]] == phrase]
+    if question.startswith("How many "):
+        return [i for i, o in enumerate(objs) if o["color"] == words[2]]
+    if question.startswith(("Is there a ", "Where is the ")):
+        return [i for i, o in enumerate(objs) if (o["color"], o["shape"]) == (words[-2], words[-1])]
+    return []
+
+
+def evidence_tokens(sample: dict, qas: Sequence[tuple[str, str]], image_size: int, data_image_size: int):
+    """Per question: a bool mask over the visual tokens of its evidence objects' patches, or None."""
+    cover = object_coverage(sample, image_size, data_image_size) >= 0.25
+    out = []
+    for question, _ in qas:
+        idx = evidence_objects(sample, question)
+        out.append(cover[idx].any(0) if idx and bool(cover[idx].any()) else None)
+    return out
+
+
+def cell_labels(image_size: int) -> torch.Tensor:
+    """Per visual token: the 3x3 grid cell (0..8, row-major) its patch centre falls in."""
+    grid = image_size // PATCH_SIZE
+    centre = (torch.arange(grid) + 0.5) / grid
+    band = (centre * shapes.GRID).long().clamp_max(shapes.GRID - 1)
+    return (band[:, None] * shapes.GRID + band[None, :]).flatten()
+
+
+def pretrain_vision(
+    model: PreTrainedModel, processor: ProcessorMixin, cfg: RecipeConfig, log_every: int = 50
+) -> list[dict[str, Any]]:
+    """Stage 1: teach the vision tower to name, at every patch, the shape and colour covering it and the grid
+    cell it lies in.
+
+    A from-scratch ViT learns shape from answer tokens alone far too slowly for a CPU budget (LLaVA itself
+    starts from a pretrained CLIP); the train split's scene annotations give it direct, dense supervision.
+    The linear heads are discarded; the tower's weights carry over to stage 2.
+    """
+    tower = model.model.vision_tower
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    n_shape, n_color = len(shapes.SHAPES) + 1, len(shapes.COLORS) + 1
+    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + shapes.GRID**2)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=gen)
+        head.bias.zero_()
+    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=cfg.vision_lr, weight_decay=0.0)
+    cells = cell_labels(cfg.image_size)
+    history: list[dict[str, Any]] = []
+    window: list[tuple[float, float, float, float]] = []
+    start = time.perf_counter()
+    tower.train()
+    for step in range(cfg.vision_steps):
+        images, shape_y, color_y = [], [], []
+        for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
+            # sample indices from the far end of the train split, so stage 2 sees other images
+            sample = shapes.generate_sample(
+                10_000_000 + i,
+                "train",
+                cfg.seed,
+                image_size=cfg.data_image_size,
+                min_objects=cfg.vision_min_objects,
+                max_objects=9,
+            )
+            centre_only = step < cfg.shape_dense_from * cfg.vision_steps
+            s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only)
+            images.append(sample["image"])
+            shape_y.append(s)
+            color_y.append(c)
+        progress = step / max(1, cfg.vision_steps - 1)
+        for group in opt.param_groups:
+            warm = min(1.0, (step + 1) / 50)
+            group["lr"] = cfg.vision_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        hidden = tower(pixel_values, output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer
+        ]
+        logits = head(hidden[:, 1:]).flatten(0, 1)
+        sy, cy = torch.cat(shape_y), torch.cat(color_y)
+        obj = cy > 0
+        # objects cover ~10% of the patches: weight them up so the tower does not settle for "background"
+        weight = torch.where(obj, 5.0, 1.0)
+        ce = torch.nn.functional.cross_entropy
+        loss = (ce(logits[:, :n_shape], sy, reduction="none") * weight).sum() / weight[sy >= 0].sum()
+        loss = loss + (ce(logits[:, n_shape : n_shape + n_color], cy, reduction="none") * weight).mean()
+        loss = loss + cfg.cell_loss_weight * ce(logits[:, n_shape + n_color :], cells.repeat(len(images)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            window.append(
+                (
+                    float(loss),
+                    float((logits[sy > 0, :n_shape].argmax(-1) == sy[sy > 0]).float().mean()),
+                    float((logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj]).float().mean()),
+                    float((logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj).float().mean()),
+                )
+            )
+        if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
+            loss_m, shape_m, color_m, fg_m = (float(np.mean(v)) for v in zip(*window, strict=True))
+            entry = {
+                "step": step + 1,
+                "loss": round(loss_m, 4),
+                "object_patch_shape_acc": round(shape_m, 3),
+                "object_patch_color_acc": round(color_m, 3),
+                "foreground_acc": round(fg_m, 3),
+                "elapsed_s": round(time.perf_counter() - start, 1),
+            }
+            history.append(entry)
+            window = []
+            print(json.dumps({"vision": entry}), flush=True)
+    return history
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -486,10 +776,26 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, processor = build_model(cfg)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    start = time.perf_counter()
+    vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
+    if cfg.vision_lr_scale == 0:
+        model.model.vision_tower.requires_grad_(False)
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_vision = name.startswith("model.vision_tower.")
+        decays = param.ndim >= 2 and "embed" not in name
+        groups.setdefault((is_vision, decays), []).append(param)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {
+                "params": params,
+                "weight_decay": cfg.weight_decay if decays else 0.0,
+                "lr_scale": cfg.vision_lr_scale if is_vision else 1.0,
+            }
+            for (is_vision, decays), params in groups.items()
+        ],
         lr=cfg.lr,
         betas=(0.9, 0.98),
         eps=1e-8,
@@ -499,35 +805,39 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_visual_tokens": cfg.num_visual_tokens,
         "torch_version": torch.__version__,
+        "vision_pretraining": vision_log,
         "steps": [],
         "val": [],
     }
-    start = time.perf_counter()
     window: list[float] = []
-    window_acc: list[float] = []
+    window_acc: dict[str, list[float]] = {}
     for step in range(cfg.steps):
         model.train()
         batch = train_batch(cfg, processor, step)
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        loss, correct = packed_loss(model, batch)
+            group["lr"] = lr_at(cfg, step) * group["lr_scale"]
+        loss, correct = packed_loss(
+            model, batch, [int(i) for i in cfg.attention_layers.split(",") if i], cfg.attention_weight
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         window.append(float(loss))
-        window_acc.append(float(correct.float().mean()))
+        for qtype, ok in zip(batch.question_types, correct.tolist(), strict=True):
+            window_acc.setdefault("all", []).append(ok)
+            window_acc.setdefault(qtype, []).append(ok)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             entry = {
                 "step": step + 1,
                 "loss": float(np.mean(window)),
-                "answer_acc": float(np.mean(window_acc)),
+                "answer_acc": {k: round(float(np.mean(v)), 3) for k, v in window_acc.items()},
                 "lr": lr_at(cfg, step),
                 "elapsed_s": round(time.perf_counter() - start, 1),
             }
             log["steps"].append(entry)
-            window, window_acc = [], []
+            window, window_acc = [], {}
             print(json.dumps(entry), flush=True)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             val = evaluate(
