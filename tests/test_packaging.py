@@ -23,7 +23,7 @@ MAPPED = {
     "callbacks": "svlm/callbacks",
     "configs": "svlm/configs",
 }
-SHIPPED_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".txt", ".safetensors", ".typed"}
+SHIPPED_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".txt", ".safetensors", ".typed", ".jinja"}
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,18 @@ def test_evidence_objects_are_the_objects_a_question_is_about() -> None:
                 assert [o["position"] for o in found] == [a]
 
 
+def test_evidence_tokens_are_the_evidence_objects_centre_patches() -> None:
+    sample = shapes.generate_sample(5, "train")
+    qas = recipe.derived_questions(sample, 10, random.Random(0))
+    centres = recipe.centre_tokens(sample, 224, 336)
+    for (q, _), mask in zip(qas, recipe.evidence_tokens(sample, qas, 224, 336), strict=True):
+        objects = recipe.evidence_objects(sample, q)
+        if not objects:
+            assert mask is None
+        else:
+            assert mask.nonzero().flatten().tolist() == sorted({centres[i] for i in objects})
+
+
 def test_attention_supervision_reads_the_models_own_attention() -> None:
     """The rows-only evidence term equals -log(attention mass on evidence) taken from eager attention."""
     cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "num_layers": 3, "attention_weight": 1.0})
@@ -281,3 +293,8 @@ def test_recipe_rejects_bad_arguments() -> None:
         recipe.build_model(recipe.RecipeConfig(image_size=100))
     with pytest.raises(SystemExit):
         recipe.parse_args(["--steps", "many"])
+    with pytest.raises(ValueError, match=r"outside the decoder's layers 0\.\.1"):
+        recipe.parse_layers("1,4", 2)
+    with pytest.raises(ValueError, match="comma-separated"):
+        recipe.parse_layers("two", 12)
+    assert recipe.parse_layers("2,4,6", 12) == [2, 4, 6]

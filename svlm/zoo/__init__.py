@@ -1,9 +1,9 @@
 """Trained models for svlm, so offline runs have an accuracy axis without downloading weights.
 
-``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP-style vision tower, MLP projector,
-32-layer Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
-``python -m svlm.zoo.train_default``, which saves it into this package folder. The weights are not shipped
-yet (no run has reached the target accuracy); once built, load it like any saved checkpoint::
+``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP vision tower, MLP projector, 12-layer
+Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
+``python -m svlm.zoo.train_default``, which saves it into this package folder. Load it like any saved
+checkpoint, or as ``zoo:svlm-shapes-llava`` in svlm's configs::
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
     path = svlm.zoo.default_model_path()

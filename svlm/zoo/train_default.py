@@ -70,7 +70,7 @@ class RecipeConfig:
     vision_steps: int = 1500
     vision_batch_size: int = 16
     vision_lr: float = 3e-3
-    cell_loss_weight: float = 0.0  # weight of the grid-cell head (0: cells are left to the decoder)
+    cell_loss_weight: float = 0.1  # weight of the grid-cell head
     # shape labels on the patch at each object's centre first (unambiguous), on every patch it covers from
     # this fraction of the stage on, so that all of an object's tokens carry its shape
     shape_dense_from: float = 1.0
@@ -87,8 +87,8 @@ class RecipeConfig:
     grad_clip: float = 1.0
     # attention supervision: weight of -log(attention mass on the evidence patches) from the answer position,
     # for half the heads of these decoder layers (0 turns it off)
-    attention_weight: float = 0.5
-    attention_layers: str = "3,6"
+    attention_weight: float = 1.0
+    attention_layers: str = "2,4,6"
     # architecture
     image_size: int = 224
     vision_hidden_size: int = 96
@@ -132,6 +132,7 @@ SMOKE = {
     "warmup_steps": 1,
     "vision_steps": 2,
     "vision_batch_size": 2,
+    "attention_layers": "1",
 }
 
 
@@ -574,13 +575,8 @@ def patch_labels(
         shape_y = torch.where(on, shape_ids[owner], 0)
         color_y = torch.where(on, color_ids[owner], 0)
         if centre_only:
-            scale = image_size / data_image_size
             keep = torch.zeros_like(on)
-            for o in objs:
-                x0, y0, x1, y1 = o["bbox"]
-                col = min(int((x0 + x1) / 2 * scale // PATCH_SIZE), grid - 1)
-                row = min(int((y0 + y1) / 2 * scale // PATCH_SIZE), grid - 1)
-                keep[row * grid + col] = True
+            keep[centre_tokens(sample, image_size, data_image_size)] = True
             shape_y = torch.where(keep | ~on, shape_y, -100)
     return shape_y, color_y
 
@@ -602,13 +598,32 @@ def evidence_objects(sample: dict, question: str) -> list[int]:
     return []
 
 
-def evidence_tokens(sample: dict, qas: Sequence[tuple[str, str]], image_size: int, data_image_size: int):
-    """Per question: a bool mask over the visual tokens of its evidence objects' patches, or None."""
-    cover = object_coverage(sample, image_size, data_image_size) >= 0.25
+def centre_tokens(sample: dict, image_size: int, data_image_size: int) -> list[int]:
+    """Per object: the visual token whose patch holds the object's centre."""
+    grid = image_size // PATCH_SIZE
+    scale = image_size / data_image_size
     out = []
+    for o in sample["objects"]:
+        x0, y0, x1, y1 = o["bbox"]
+        col = min(int((x0 + x1) / 2 * scale // PATCH_SIZE), grid - 1)
+        row = min(int((y0 + y1) / 2 * scale // PATCH_SIZE), grid - 1)
+        out.append(row * grid + col)
+    return out
+
+
+def evidence_tokens(
+    sample: dict, qas: Sequence[tuple[str, str]], image_size: int, data_image_size: int
+) -> list[torch.Tensor | None]:
+    """Per question: a bool mask over the visual tokens marking its evidence objects' centre patches (where
+    stage 1 put each object's shape), or None when the question is about no object."""
+    grid = image_size // PATCH_SIZE
+    centres = centre_tokens(sample, image_size, data_image_size)
+    out: list[torch.Tensor | None] = []
     for question, _ in qas:
         idx = evidence_objects(sample, question)
-        out.append(cover[idx].any(0) if idx and bool(cover[idx].any()) else None)
+        mask = torch.zeros(grid * grid, dtype=torch.bool)
+        mask[[centres[i] for i in idx]] = True
+        out.append(mask if idx else None)
     return out
 
 
@@ -762,6 +777,18 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ train
 
 
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """``"2,4,6"`` -> [2, 4, 6], checked against the decoder's depth."""
+    try:
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"attention_layers must be comma-separated layer indices, got {spec!r}") from None
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"attention_layers {bad} are outside the decoder's layers 0..{num_layers - 1}")
+    return layers
+
+
 def lr_at(cfg: RecipeConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup_steps:
@@ -775,6 +802,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     save model, processor and ``training_log.json`` to ``output_dir`` (when given)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
     model, processor = build_model(cfg)
     start = time.perf_counter()
     vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
@@ -816,9 +844,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
         batch = train_batch(cfg, processor, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step) * group["lr_scale"]
-        loss, correct = packed_loss(
-            model, batch, [int(i) for i in cfg.attention_layers.split(",") if i], cfg.attention_weight
-        )
+        loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
