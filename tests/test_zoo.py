@@ -247,6 +247,29 @@ def test_evidence_tokens_are_the_evidence_objects_centre_patches() -> None:
             assert mask.nonzero().flatten().tolist() == sorted({centres[i] for i in objects})
 
 
+def test_supervised_positions_are_the_answer_position_and_the_key_word() -> None:
+    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "questions_per_image": 6})
+    _, processor = recipe.build_model(cfg)
+    batch = recipe.train_batch(cfg, processor, 0)
+    tok = processor.tokenizer
+    words = {0: [], 1: []}
+    for row, col, kind in zip(
+        batch.evidence_rows.tolist(),
+        batch.evidence_query_cols.tolist(),
+        batch.evidence_kinds.tolist(),
+        strict=True,
+    ):
+        words[kind].append(tok.decode(batch.input_ids[row, col - 1 : col + 1]).strip())
+    assert words[0] and all(w.endswith("ASSISTANT:") for w in words[0])
+    names = {*shapes.SHAPES, *shapes.COLORS, "left", "right", "top", "bottom", "center"}
+    assert len(words[1]) == len(words[0]) and all(w.split()[-1] in names for w in words[1]), words[1]
+    assert recipe.keyword_end("What shape is at the top left of the image?") == len(
+        "What shape is at the top left"
+    )
+    assert recipe.keyword_end("How many red shapes are there?") == len("How many red")
+    assert recipe.keyword_end("Is there a red star?") == len("Is there a red star")
+
+
 def test_attention_supervision_reads_the_models_own_attention() -> None:
     """The rows-only evidence term equals -log(attention mass on evidence) taken from eager attention."""
     cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "num_layers": 3, "attention_weight": 1.0})
@@ -273,7 +296,7 @@ def test_attention_supervision_reads_the_models_own_attention() -> None:
     heads = cfg.num_heads // 2
     expected = -(rows[:, :heads] * batch.evidence_masks[:, None]).sum(-1).log().mean()
     assert float(ours) == pytest.approx(float(expected), rel=1e-4)
-    loss, _ = recipe.packed_loss(model, batch, [1], 1.0)
+    loss, _ = recipe.packed_loss(model, batch, [1], 1.0, [1])  # both kinds of rows at layer 1
     plain, _ = recipe.packed_loss(model, batch)
     assert float(loss) == pytest.approx(float(plain) + float(expected), rel=1e-3)
 

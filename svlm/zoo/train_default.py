@@ -88,7 +88,8 @@ class RecipeConfig:
     # attention supervision: weight of -log(attention mass on the evidence patches) from the answer position,
     # for half the heads of these decoder layers (0 turns it off)
     attention_weight: float = 1.0
-    attention_layers: str = "2,4,6"
+    attention_layers: str = "4,6"  # queries at the position that predicts the answer
+    keyword_layers: str = "1,2"  # queries at the question's key word ("What color is the circle?" -> circle)
     # architecture
     image_size: int = 224
     vision_hidden_size: int = 96
@@ -133,6 +134,7 @@ SMOKE = {
     "vision_steps": 2,
     "vision_batch_size": 2,
     "attention_layers": "1",
+    "keyword_layers": "0",
 }
 
 
@@ -305,6 +307,7 @@ class PackedBatch:
     evidence_rows: torch.Tensor | None = None
     evidence_query_cols: torch.Tensor | None = None
     evidence_masks: torch.Tensor | None = None
+    evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
     image_start: int = 0
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -334,10 +337,12 @@ def pack(
     seqs: list[list[int]] = []
     prefix_lens: list[int] = []
     branches: list[list[tuple[int, int, int]]] = []
+    keyword_cols: list[list[int]] = []
     for pairs in qas:
         prefix: list[int] | None = None
         ids: list[int] = []
         spans: list[tuple[int, int, int]] = []
+        keywords: list[int] = []
         for question, answer in pairs:
             prompt = tok(prompt_text(processor, question), add_special_tokens=True)["input_ids"]
             full = tok(prompt_text(processor, question) + " " + answer, add_special_tokens=True)["input_ids"]
@@ -351,17 +356,25 @@ def pack(
                 ids = prefix[: cut - 2] + [image_id] * num_image + prefix[cut - 1 :]
             elif full[:cut] != prefix:
                 raise RuntimeError("questions of one image do not share the image prefix")
+            text = prompt_text(processor, question)
+            head = tok(text[: text.index(question) + keyword_end(question)], add_special_tokens=True)[
+                "input_ids"
+            ]
+            if full[: len(head)] != head:
+                raise RuntimeError(f"the key word of {question!r} does not end on a token boundary")
+            keywords.append(len(ids) + len(head) - 1 - cut)
             spans.append((len(ids), len(full) - cut, len(full) - len(prompt)))
             ids += full[cut:]
         seqs.append(ids)
         prefix_lens.append(len(prefix) - 1 + num_image)
         branches.append(spans)
+        keyword_cols.append(keywords)
     b, t = len(seqs), max(len(s) for s in seqs)
     input_ids = torch.full((b, t), tok.pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((b, t), dtype=torch.long)
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
     rows, cols, targets, owner = [], [], [], []
-    ev_rows, ev_cols, ev_masks = [], [], []
+    ev_rows, ev_cols, ev_masks, ev_kinds = [], [], [], []
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -370,9 +383,11 @@ def pack(
         for k, (start, length, answer_len) in enumerate(spans):
             end = start + length
             if evidence is not None and evidence[i][k] is not None:
-                ev_rows.append(i)
-                ev_cols.append(end - answer_len - 1)
-                ev_masks.append(evidence[i][k])
+                for kind, col in enumerate((end - answer_len - 1, keyword_cols[i][k])):
+                    ev_rows.append(i)
+                    ev_cols.append(col)
+                    ev_masks.append(evidence[i][k])
+                    ev_kinds.append(kind)
             position_ids[i, start:end] = torch.arange(p, p + length)
             mask[i, 0, start:end, :p] = True
             mask[i, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
@@ -399,6 +414,7 @@ def pack(
         evidence_rows=torch.tensor(ev_rows) if ev_rows else None,
         evidence_query_cols=torch.tensor(ev_cols) if ev_rows else None,
         evidence_masks=torch.stack(ev_masks) if ev_rows else None,
+        evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
         image_start=image_start,
     )
 
@@ -473,16 +489,22 @@ def packed_loss(
     batch: PackedBatch,
     attention_layers: Sequence[int] = (),
     attention_weight: float = 0.0,
+    keyword_layers: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
     set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
     target positions only)."""
-    supervise = attention_weight > 0 and batch.evidence_rows is not None and len(attention_layers) > 0
+    kinds_at: dict[int, set[int]] = {}
+    for index in attention_layers:
+        kinds_at.setdefault(index, set()).add(0)
+    for index in keyword_layers:
+        kinds_at.setdefault(index, set()).add(1)
+    supervise = attention_weight > 0 and batch.evidence_rows is not None and len(kinds_at) > 0
     captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
     if supervise:
         layers = model.model.language_model.layers
-        for index in attention_layers:
+        for index in kinds_at:
 
             def grab(module, args, kwargs, index=index):
                 captured[index] = (kwargs["hidden_states"], kwargs["position_embeddings"])
@@ -496,10 +518,14 @@ def packed_loss(
     logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
     loss = torch.nn.functional.cross_entropy(logits, batch.targets)
     if supervise:
-        terms = [
-            evidence_attention_loss(model.model.language_model.layers[i].self_attn, *captured[i], batch)
-            for i in attention_layers
-        ]
+        terms = []
+        for i, kinds in kinds_at.items():
+            select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
+            for k in kinds:
+                select |= batch.evidence_kinds == k
+            if bool(select.any()):
+                attn = model.model.language_model.layers[i].self_attn
+                terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
         loss = loss + attention_weight * torch.stack(terms).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
     per_question = torch.zeros(int(batch.target_question.max()) + 1).index_add_(
@@ -513,6 +539,7 @@ def evidence_attention_loss(
     hidden: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     batch: PackedBatch,
+    select: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-log of the attention mass that half of the layer's heads put on the question's evidence tokens, among
     the visual tokens, from the position that predicts the answer (rows-only: queries of the supervised
@@ -520,6 +547,8 @@ def evidence_attention_loss(
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     rows, cols, evidence = batch.evidence_rows, batch.evidence_query_cols, batch.evidence_masks
+    if select is not None:
+        rows, cols, evidence = rows[select], cols[select], evidence[select]
     n_visual = evidence.shape[1]
     head_dim = attn.head_dim
     heads = attn.config.num_attention_heads
@@ -579,6 +608,17 @@ def patch_labels(
             keep[centre_tokens(sample, image_size, data_image_size)] = True
             shape_y = torch.where(keep | ~on, shape_y, -100)
     return shape_y, color_y
+
+
+def keyword_end(question: str) -> int:
+    """Where the words that name the evidence end in a templated question: "What color is the circle?" ->
+    after "circle", "How many red shapes are there?" -> after "red", "What shape is at the top left of the
+    image?" -> after "left"."""
+    if question.startswith("What shape is at the "):
+        return question.index(" of the image?")
+    if question.startswith("How many "):
+        return question.index(" shapes are there?")
+    return len(question.rstrip("?"))
 
 
 def evidence_objects(sample: dict, question: str) -> list[int]:
@@ -803,6 +843,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
+    keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
     model, processor = build_model(cfg)
     start = time.perf_counter()
     vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
@@ -844,13 +885,13 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
         batch = train_batch(cfg, processor, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step) * group["lr_scale"]
-        loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight)
+        loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight, keyword_layers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         for qtype, ok in zip(batch.question_types, correct.tolist(), strict=True):
             window_acc.setdefault("all", []).append(ok)
             window_acc.setdefault(qtype, []).append(ok)
