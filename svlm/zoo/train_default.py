@@ -90,6 +90,9 @@ class RecipeConfig:
     attention_weight: float = 1.0
     attention_layers: str = "4,6"  # queries at the position that predicts the answer
     keyword_layers: str = "1,2"  # queries at the question's key word ("What color is the circle?" -> circle)
+    # question types whose attention is supervised: not "count", whose answer lives in how much attention
+    # the matching objects get (full mass on them, which the loss asks for, would hide how many there are)
+    attention_types: str = "color,shape,exist,position"
     # architecture
     image_size: int = 224
     vision_hidden_size: int = 96
@@ -468,6 +471,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
     images, qas, evidence = [], [], []
+    types = parse_question_types(cfg.attention_types)
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
         sample = shapes.generate_sample(
             i,
@@ -480,7 +484,8 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         images.append(sample["image"])
         qas.append(derived_questions(sample, cfg.questions_per_image, rng))
         if cfg.attention_weight > 0:
-            evidence.append(evidence_tokens(sample, qas[-1], cfg.image_size, cfg.data_image_size))
+            supervised = [q if question_type(q) in types else None for q, _ in qas[-1]]
+            evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size))
     return pack(processor, images, qas, evidence if cfg.attention_weight > 0 else None)
 
 
@@ -652,15 +657,16 @@ def centre_tokens(sample: dict, image_size: int, data_image_size: int) -> list[i
 
 
 def evidence_tokens(
-    sample: dict, qas: Sequence[tuple[str, str]], image_size: int, data_image_size: int
+    sample: dict, questions: Sequence[str | None], image_size: int, data_image_size: int
 ) -> list[torch.Tensor | None]:
     """Per question: a bool mask over the visual tokens marking its evidence objects' centre patches (where
-    stage 1 put each object's shape), or None when the question is about no object."""
+    stage 1 put each object's shape), or None when the question is about no object (or is None: not
+    supervised)."""
     grid = image_size // PATCH_SIZE
     centres = centre_tokens(sample, image_size, data_image_size)
     out: list[torch.Tensor | None] = []
-    for question, _ in qas:
-        idx = evidence_objects(sample, question)
+    for question in questions:
+        idx = evidence_objects(sample, question) if question is not None else []
         mask = torch.zeros(grid * grid, dtype=torch.bool)
         mask[[centres[i] for i in idx]] = True
         out.append(mask if idx else None)
@@ -829,6 +835,17 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
+def parse_question_types(spec: str) -> set[str]:
+    """``"color,shape"`` -> {"color", "shape"}, checked against the svlm-shapes question types."""
+    types = {t.strip() for t in spec.split(",") if t.strip()}
+    bad = sorted(types - set(shapes.QUESTION_TYPES))
+    if bad:
+        raise ValueError(
+            f"attention_types {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}"
+        )
+    return types
+
+
 def lr_at(cfg: RecipeConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
     if step < cfg.warmup_steps:
@@ -844,6 +861,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     torch.manual_seed(cfg.seed)
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
     keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
+    parse_question_types(cfg.attention_types)
     model, processor = build_model(cfg)
     start = time.perf_counter()
     vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
