@@ -57,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from svlm.engine.cache import cache_in, cache_out
 from svlm.results import format_table
 
 __all__ = [
@@ -232,7 +233,7 @@ class _ForwardClock:
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if len(self.starts) == 1:  # the cache decoding starts from (after any pruning between the calls)
-            self.kv_first_step = cache_bytes(kwargs.get("past_key_values"))
+            self.kv_first_step = cache_bytes(cache_in(kwargs))
         _sync(self.device)
         self.starts.append(self.clock())
         self.cpu_starts.append(time.process_time())
@@ -245,7 +246,7 @@ class _ForwardClock:
         self._post.remove()
         self._post = None
         if len(self.ends) == 1:
-            self.kv_after_prefill = cache_bytes(getattr(output, "past_key_values", None))
+            self.kv_after_prefill = cache_bytes(cache_out(output))
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from svlm.adapters import Adapter, adapter_for
-from svlm.engine.cache import PrunedCache
+from svlm.engine.cache import CACHE_KWARG, PrunedCache, cache_in
 from svlm.engine.session import PruningSession
 from svlm.engine.validation import validate_inputs
 from svlm.report import Report
@@ -75,12 +75,12 @@ class SparseModel:
 
     def _with_cache(self, inputs: dict[str, Any], required: bool = False) -> dict[str, Any]:
         validate_inputs(self.adapter, inputs)
-        cache = inputs.get("past_key_values")
+        cache = cache_in(inputs)
         if cache is None and (required or inputs.get("use_cache", True) is not False):
-            inputs = {**inputs, "past_key_values": PrunedCache(config=self.model.config)}
+            inputs = {**inputs, CACHE_KWARG: PrunedCache(config=self.model.config)}
         elif cache is not None and not isinstance(cache, PrunedCache):
             raise ValueError(
-                "Pass no past_key_values (svlm creates a PrunedCache) or an svlm.PrunedCache; got "
+                f"Pass no {CACHE_KWARG} (svlm creates a PrunedCache) or an svlm.PrunedCache; got "
                 f"{type(cache).__name__}, which cannot track pruned prompt lengths."
             )
         return inputs

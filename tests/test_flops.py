@@ -27,6 +27,7 @@ from transformers import (
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from svlm import flops
+from svlm.engine.cache import CACHE_KWARG, cache_out
 
 # On transformers 5.23 the analytic count equals FlopCounterMode exactly for every family, so the check is
 # tight enough to catch a single missing token (e.g. CLIP's CLS). A future transformers version that adds
@@ -327,12 +328,12 @@ def _count_layer(config: LlamaConfig, n_queries: int, n_keys: int) -> int:
         if past:
             hidden = torch.randn(1, past, config.hidden_size)
             pos = torch.arange(past)[None]
-            layer(hidden, position_embeddings=rope(hidden, pos), past_key_values=cache, use_cache=True)
+            layer(hidden, position_embeddings=rope(hidden, pos), **{CACHE_KWARG: cache}, use_cache=True)
         hidden = torch.randn(1, n_queries, config.hidden_size)
         pos = torch.arange(past, n_keys)[None]
         embeddings = rope(hidden, pos)
         with FlopCounterMode(display=False) as counter:
-            layer(hidden, position_embeddings=embeddings, past_key_values=cache, use_cache=True)
+            layer(hidden, position_embeddings=embeddings, **{CACHE_KWARG: cache}, use_cache=True)
     return counter.get_total_flops()
 
 
@@ -373,11 +374,11 @@ def test_decode_matches_flop_counter(llava):
     counted = 0
     with torch.no_grad():
         out = llava(input_ids=ids, pixel_values=pixel_values, use_cache=True)
-        cache = out.past_key_values
+        cache = cache_out(out)
         for _ in range(steps):
             token = out.logits[:, -1:].argmax(-1)
             with FlopCounterMode(display=False) as counter:
-                out = llava(input_ids=token, past_key_values=cache, use_cache=True)
+                out = llava(input_ids=token, **{CACHE_KWARG: cache}, use_cache=True)
             counted += counter.get_total_flops()
     est = flops.decode_flops(llava.config, [prompt] * 2, steps)
     assert est.vision == 0 and est.projector == 0
@@ -398,7 +399,7 @@ def test_kv_cache_bytes_matches_dynamic_cache(llava):
     ids = text_ids(length, slice(2, 18), IMAGE_TOKEN)
     pixel_values = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
-        cache = llava(input_ids=ids, pixel_values=pixel_values, use_cache=True).past_key_values
+        cache = cache_out(llava(input_ids=ids, pixel_values=pixel_values, use_cache=True))
     real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert flops.kv_cache_bytes(llava.config, [length] * 2, torch.float32) == real
     assert flops.kv_cache_bytes(llava.config, [length] * 2, "bf16") == real // 2

@@ -106,7 +106,8 @@ def test_shipped_model_looks_at_the_image(shipped) -> None:
             inputs = _inputs(processor, chunk)
             with torch.no_grad():
                 ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            texts = processor.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            new = ids[:, inputs["input_ids"].shape[1] :]
+            texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
             right += sum(t.strip() in s["answers"] for t, s in zip(texts, chunk, strict=True))
         return right / len(batch_samples)
 
@@ -293,7 +294,7 @@ def test_supervised_positions_are_the_answer_position_and_the_key_word() -> None
     assert recipe.keyword_end("Is there a red star?") == len("Is there a red star")
 
 
-def test_count_questions_are_not_attention_supervised_by_default() -> None:
+def test_attention_supervision_is_limited_to_the_chosen_question_types() -> None:
     cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "batch_size": 4, "questions_per_image": 10})
     _, processor = recipe.build_model(cfg)
 
@@ -307,9 +308,10 @@ def test_count_questions_are_not_attention_supervised_by_default() -> None:
             out.add(recipe.question_type(text.strip()))
         return out
 
-    assert supervised_types(cfg) == {"color", "shape", "exist", "position"}
-    with_count = dataclasses.replace(cfg, attention_types="count,color")
-    assert supervised_types(with_count) == {"count", "color"}
+    assert supervised_types(cfg) == set(shapes.QUESTION_TYPES)
+    without_count = dataclasses.replace(cfg, attention_types="color,shape,exist,position")
+    assert supervised_types(without_count) == {"color", "shape", "exist", "position"}
+    assert supervised_types(dataclasses.replace(cfg, attention_types="count,color")) == {"count", "color"}
     with pytest.raises(ValueError, match=r"\['size'\] are not svlm-shapes question types"):
         recipe.parse_question_types("color,size")
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from svlm.adapters.base import Adapter
-from svlm.engine.cache import PrunedCache
+from svlm.engine.cache import PrunedCache, cache_in, cache_out
 from svlm.engine.masks import decode_mask, mask_format, prefill_mask
 from svlm.engine.scoring import attention_rows, rows_from_mask
 from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather
@@ -109,7 +109,7 @@ class PruningSession:
 
     # -- top-level model -----------------------------------------------------------------------------
     def _on_model_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if cache is not None and cache.get_seq_length() > 0:
             self.prefill = False
@@ -132,7 +132,7 @@ class PruningSession:
         for idx in range(self.info.num_layers):
             if self.layer_seqs[idx] is None:
                 self.layer_seqs[idx] = self.current
-        cache = getattr(output, "past_key_values", None)
+        cache = cache_out(output)
         if isinstance(cache, PrunedCache):
             cache.set_pruned([original.length - seq.length for seq in self.layer_seqs])
         self.reports.append(
@@ -346,7 +346,7 @@ class PruningSession:
         """Layer ``idx``'s keys after rotary embedding, from the KV cache this prefill just filled (so that
         scoring does not rotate all n keys again); None when there is no such cache (``use_cache=False``)
         or it holds anything else than exactly this layer's ``seq`` slots."""
-        layers = getattr(self.call_inputs.get("past_key_values"), "layers", None)
+        layers = getattr(cache_in(self.call_inputs), "layers", None)
         if layers is None or idx >= len(layers):
             return None
         keys = getattr(layers[idx], "keys", None)
@@ -378,7 +378,7 @@ class PruningSession:
         self, idx: int, seq: TokenSequence, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         if cache is None:
             raise InputError("Decoding after pruning needs the KV cache of the prefill (use_cache=True).")
         q_len = hidden.shape[1]

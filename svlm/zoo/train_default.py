@@ -74,6 +74,9 @@ class RecipeConfig:
     # shape labels on the patch at each object's centre first (unambiguous), on every patch it covers from
     # this fraction of the stage on, so that all of an object's tokens carry its shape
     shape_dense_from: float = 1.0
+    # label an object's non-centre patches "part of an object" (an extra shape class) instead of leaving them
+    # unlabelled, so that exactly one patch per object says "centre": what counting objects needs
+    part_class: bool = False
     vision_min_objects: int = 5  # crowded scenes: more labelled objects per image at the same cost
     # stage 2: end-to-end VQA training of the whole model
     steps: int = 1500
@@ -90,9 +93,9 @@ class RecipeConfig:
     attention_weight: float = 1.0
     attention_layers: str = "4,6"  # queries at the position that predicts the answer
     keyword_layers: str = "1,2"  # queries at the question's key word ("What color is the circle?" -> circle)
-    # question types whose attention is supervised: not "count", whose answer lives in how much attention
-    # the matching objects get (full mass on them, which the loss asks for, would hide how many there are)
-    attention_types: str = "color,shape,exist,position"
+    # question types whose attention is supervised (leaving out "count" lets its answer live in how much
+    # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
+    attention_types: str = "color,shape,count,exist,position"
     # architecture
     image_size: int = 224
     vision_hidden_size: int = 96
@@ -101,7 +104,7 @@ class RecipeConfig:
     vision_initializer_range: float = 0.2
     hidden_size: int = 128
     intermediate_size: int = 344
-    num_layers: int = 12
+    num_layers: int = 8
     num_heads: int = 4
     initializer_range: float = 0.05
     # std of the decoder's residual-branch outputs (o_proj, down_proj) = initializer_range * this / sqrt(2 L):
@@ -116,7 +119,7 @@ class RecipeConfig:
     eval_every: int = 300
     eval_samples: int = 100
     test_samples: int = 500
-    threads: int = 2
+    threads: int = 1  # the shipped model's run; more threads are faster but change the floating-point sums
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -588,13 +591,17 @@ def object_coverage(sample: dict, image_size: int, data_image_size: int) -> torc
 
 
 def patch_labels(
-    sample: dict, image_size: int, data_image_size: int, centre_only: bool = False
+    sample: dict,
+    image_size: int,
+    data_image_size: int,
+    centre_only: bool = False,
+    part_label: int = -100,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per visual token: (shape, colour) class with 0 = background, from the scene annotation.
 
     A token is labelled with the object covering most of its patch (at least a quarter of it). With
-    ``centre_only`` the shape label is kept only on the patch holding each object's centre (-100 elsewhere on
-    the object: ignored by the loss).
+    ``centre_only`` the shape label is kept only on the patch holding each object's centre; the object's other
+    patches get ``part_label`` (default -100: ignored by the loss).
     """
     grid = image_size // PATCH_SIZE
     cover = object_coverage(sample, image_size, data_image_size)
@@ -611,7 +618,7 @@ def patch_labels(
         if centre_only:
             keep = torch.zeros_like(on)
             keep[centre_tokens(sample, image_size, data_image_size)] = True
-            shape_y = torch.where(keep | ~on, shape_y, -100)
+            shape_y = torch.where(keep | ~on, shape_y, part_label)
     return shape_y, color_y
 
 
@@ -693,7 +700,8 @@ def pretrain_vision(
     """
     tower = model.model.vision_tower
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    n_shape, n_color = len(shapes.SHAPES) + 1, len(shapes.COLORS) + 1
+    part_label = len(shapes.SHAPES) + 1 if cfg.part_class else -100
+    n_shape, n_color = len(shapes.SHAPES) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
     head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + shapes.GRID**2)
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
@@ -717,7 +725,7 @@ def pretrain_vision(
                 max_objects=9,
             )
             centre_only = step < cfg.shape_dense_from * cfg.vision_steps
-            s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only)
+            s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only, part_label)
             images.append(sample["image"])
             shape_y.append(s)
             color_y.append(c)
@@ -742,10 +750,11 @@ def pretrain_vision(
         loss.backward()
         opt.step()
         with torch.no_grad():
+            named = (sy > 0) & (sy <= len(shapes.SHAPES))  # patches labelled with a shape name
             window.append(
                 (
                     float(loss),
-                    float((logits[sy > 0, :n_shape].argmax(-1) == sy[sy > 0]).float().mean()),
+                    float((logits[named, :n_shape].argmax(-1) == sy[named]).float().mean()),
                     float((logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj]).float().mean()),
                     float((logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj).float().mean()),
                 )
@@ -957,6 +966,14 @@ def save(
     (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
 
 
+def _flag(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) for boolean options."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="python -m svlm.zoo.train_default", description=__doc__.split("\n")[0]
@@ -967,8 +984,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeConfig, argpars
     for f in dataclasses.fields(RecipeConfig):
         if f.name == "extra":
             continue
+        kind = type(getattr(defaults, f.name))
         parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None
+            f"--{f.name.replace('_', '-')}", type=_flag if kind is bool else kind, default=None
         )
     args = parser.parse_args(argv)
     values = dict(SMOKE) if args.smoke else {}

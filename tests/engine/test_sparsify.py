@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import svlm
+from svlm.engine.cache import cache_out
 from svlm.testing.oracle import oracle_logits
 
 # Budgets as fractions work on every tiny family (their visual-token counts differ).
@@ -169,6 +170,6 @@ def test_pre_llm_pruning_keeps_decode_positions(tiny, images, questions):
     inputs = tiny.inputs(images, questions)
     sparse = svlm.sparsify(tiny.model, "random", budget=0.3, layer=-1)
     out = sparse.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = cache_out(out)
     assert cache.get_seq_length() == out.sequences.shape[1] - 1
     assert cache.physical_length(0) < cache.get_seq_length()
