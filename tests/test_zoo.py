@@ -22,14 +22,6 @@ from svlm.zoo import DEFAULT_MODEL_NAME, default_model_path
 from svlm.zoo import train_default as recipe
 
 SIZE_BUDGET_BYTES = 20 * 1024 * 1024
-MODEL_DIR = Path(svlm.zoo.__file__).resolve().parent / DEFAULT_MODEL_NAME
-
-# The trained weights are not in the package yet (their training did not reach the acceptance accuracy):
-# these tests run as soon as `python -m svlm.zoo.train_default` has written the folder.
-needs_shipped_model = pytest.mark.skipif(
-    not (MODEL_DIR / "config.json").is_file(),
-    reason=f"{DEFAULT_MODEL_NAME} is not built yet: run `python -m svlm.zoo.train_default`",
-)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,6 @@ def _inputs(processor, samples: list[dict]) -> dict:
     return processor(images=[s["image"] for s in samples], text=prompts, padding=True, return_tensors="pt")
 
 
-@needs_shipped_model
 def test_default_model_path_is_inside_the_package() -> None:
     path = Path(default_model_path())
     assert path.name == DEFAULT_MODEL_NAME
@@ -54,7 +45,6 @@ def test_default_model_path_is_inside_the_package() -> None:
         assert (path / name).is_file(), name
 
 
-@needs_shipped_model
 def test_shipped_files_fit_the_size_budget() -> None:
     path = Path(default_model_path())
     weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
@@ -63,7 +53,6 @@ def test_shipped_files_fit_the_size_budget() -> None:
     assert total < SIZE_BUDGET_BYTES
 
 
-@needs_shipped_model
 def test_shipped_model_architecture(shipped) -> None:
     model, processor = shipped
     assert isinstance(model, LlavaForConditionalGeneration)
@@ -75,7 +64,6 @@ def test_shipped_model_architecture(shipped) -> None:
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 256
 
 
-@needs_shipped_model
 def test_shipped_model_forward_and_generate(shipped) -> None:
     model, processor = shipped
     samples = [shapes.generate_sample(i, "test") for i in range(2)]
@@ -92,7 +80,14 @@ def test_shipped_model_forward_and_generate(shipped) -> None:
     assert log["test_dense"]["num_samples"] == 500 and 0 < log["test_dense"]["all"] <= 1
 
 
-@needs_shipped_model
+def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
+    """`python -m svlm.zoo.train_default` with no options is the command that built the shipped weights."""
+    log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
+    assert log["config"] == dataclasses.asdict(recipe.RecipeConfig())
+    assert log["vision_pretraining"][-1]["step"] == log["config"]["vision_steps"]
+    assert log["steps"][-1]["step"] == log["config"]["steps"]
+
+
 def test_shipped_model_looks_at_the_image(shipped) -> None:
     """The same questions with the objects painted over (a blank image) are answered clearly worse."""
     model, processor = shipped
@@ -114,7 +109,6 @@ def test_shipped_model_looks_at_the_image(shipped) -> None:
     assert accuracy(samples) >= accuracy(blank) + 0.15
 
 
-@needs_shipped_model
 def test_shipped_model_runs_pruned(shipped) -> None:
     model, processor = shipped
     batch = _inputs(processor, [shapes.generate_sample(i, "test") for i in range(2)])

@@ -1,6 +1,6 @@
 """Trained models for svlm, so offline runs have an accuracy axis without downloading weights.
 
-``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP vision tower, MLP projector, 12-layer
+``svlm-shapes-llava`` is a small LLaVA-1.5-architecture model (CLIP vision tower, MLP projector, 8-layer
 Llama decoder, 256 visual tokens) trained on the synthetic svlm-shapes benchmark by
 ``python -m svlm.zoo.train_default``, which saves it into this package folder. Load it like any saved
 checkpoint, or as ``zoo:svlm-shapes-llava`` in svlm's configs::

@@ -119,7 +119,9 @@ class RecipeConfig:
     eval_every: int = 300
     eval_samples: int = 100
     test_samples: int = 500
-    threads: int = 1  # the shipped model's run; more threads are faster but change the floating-point sums
+    # CPU threads of stage 1 and stage 2 (as in the shipped run: other counts change floating-point sums)
+    vision_threads: int = 2
+    threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -873,7 +875,9 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     parse_question_types(cfg.attention_types)
     model, processor = build_model(cfg)
     start = time.perf_counter()
+    torch.set_num_threads(cfg.vision_threads)
     vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
+    torch.set_num_threads(cfg.threads)
     if cfg.vision_lr_scale == 0:
         model.model.vision_tower.requires_grad_(False)
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
