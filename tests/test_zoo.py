@@ -221,6 +221,9 @@ def test_patch_labels_mark_each_objects_patches() -> None:
     assert int((centre_y > 0).sum()) == len(sample["objects"])  # one labelled patch per object
     assert bool((centre_y[on_objects & (centre_y <= 0)] == -100).all())
     assert bool((shape_y[~on_objects] == 0).all())
+    part = len(shapes.SHAPES) + 1  # `part_class`: the other patches of an object get a class of their own
+    parts_y, _ = recipe.patch_labels(sample, 224, 336, centre_only=True, part_label=part)
+    assert torch.equal(parts_y, torch.where(centre_y == -100, part, centre_y))
 
 
 def test_cell_labels_follow_the_three_by_three_grid() -> None:
