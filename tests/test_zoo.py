@@ -364,3 +364,7 @@ def test_recipe_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="comma-separated"):
         recipe.parse_layers("two", 12)
     assert recipe.parse_layers("2,4,6", 12) == [2, 4, 6]
+    assert recipe.parse_args(["--part-class", "true"])[0].part_class is True
+    assert recipe.parse_args(["--part-class", "no"])[0].part_class is False
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--part-class", "maybe"])

@@ -4,7 +4,7 @@
     python -m svlm.zoo.train_default --output-dir /tmp/smoke --smoke                     # a few seconds
 
 The model is ``LlavaForConditionalGeneration``: a CLIP vision tower (224 px, 14-px patches: 256 visual
-tokens), the 2-layer MLP projector and a 12-layer Llama decoder, trained from scratch on the shapes *train*
+tokens), the 2-layer MLP projector and an 8-layer Llama decoder, trained from scratch on the shapes *train*
 split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
 
 1. Vision pretraining: the tower learns to tell, at each patch, the colour and shape of the object covering
