@@ -226,6 +226,34 @@ def test_patch_labels_mark_each_objects_patches() -> None:
     assert torch.equal(parts_y, torch.where(centre_y == -100, part, centre_y))
 
 
+def test_colour_count_labels_count_the_objects_of_each_patchs_colour() -> None:
+    sample = shapes.generate_sample(0, "train", min_objects=9, max_objects=9)  # 9 objects, 6 colours
+    _, color_y = recipe.patch_labels(sample, 224, 336)
+    count_y = recipe.colour_count_labels(sample, color_y)
+    per_colour = {c: sum(o["color"] == c for o in sample["objects"]) for c in shapes.COLORS}
+    assert max(per_colour.values()) >= 2  # pigeonhole: some colour repeats
+    for index, colour in enumerate(shapes.COLORS, start=1):
+        on = color_y == index
+        if per_colour[colour]:
+            expected = min(per_colour[colour], recipe.VISION_COUNT_CLASSES) - 1
+            assert on.any() and bool((count_y[on] == expected).all()), colour
+        else:
+            assert not on.any()
+    assert bool((count_y[color_y == 0] == -100).all())  # background is not labelled
+
+
+def test_count_head_is_optional_in_vision_pretraining() -> None:
+    """count_loss_weight > 0 adds the count head and its term on top of the same first-step loss."""
+    logs = {}
+    for weight in (0.0, 0.5):
+        cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "count_loss_weight": weight})
+        model, processor = recipe.build_model(cfg)
+        logs[weight] = recipe.pretrain_vision(model, processor, cfg, log_every=1)
+    assert "object_patch_count_acc" not in logs[0.0][-1]
+    assert 0 <= logs[0.5][-1]["object_patch_count_acc"] <= 1
+    assert logs[0.0][0]["loss"] < logs[0.5][0]["loss"]  # the count term adds to the same first-step loss
+
+
 def test_cell_labels_follow_the_three_by_three_grid() -> None:
     cells = recipe.cell_labels(224).reshape(16, 16)
     assert (
@@ -352,6 +380,16 @@ def test_recipe_is_deterministic() -> None:
     m1, _ = recipe.build_model(cfg)
     m2, _ = recipe.build_model(cfg)
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
+
+
+def test_recipe_sets_the_decoders_rope_base() -> None:
+    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "rope_theta": 1e6})
+    model, _ = recipe.build_model(cfg)
+    assert model.config.text_config.rope_parameters["rope_theta"] == 1e6
+    rotary = model.model.language_model.rotary_emb
+    head_dim = cfg.hidden_size // cfg.num_heads
+    expected = 1.0 / 1e6 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    assert torch.allclose(rotary.inv_freq, expected)
 
 
 def test_recipe_rejects_bad_arguments() -> None:

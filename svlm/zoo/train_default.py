@@ -59,6 +59,7 @@ from svlm.data import shapes
 from svlm.data.prompts import SHORT_ANSWER, build_conversation, with_instruction
 
 PATCH_SIZE = 14
+VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
 
 
 @dataclass
@@ -78,6 +79,10 @@ class RecipeConfig:
     # unlabelled, so that exactly one patch per object says "centre": what counting objects needs
     part_class: bool = False
     vision_min_objects: int = 5  # crowded scenes: more labelled objects per image at the same cost
+    # weight of a head that names, at every object patch, how many objects of that patch's colour the image
+    # holds (1, 2, 3, 4+): the tower's self-attention sees the whole image, the decoder's attention can only
+    # average what it attends to, so the count has to be in the features it reads (0 turns it off)
+    count_loss_weight: float = 0.0
     # stage 2: end-to-end VQA training of the whole model
     steps: int = 1500
     vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
@@ -107,6 +112,9 @@ class RecipeConfig:
     num_layers: int = 8
     num_heads: int = 4
     initializer_range: float = 0.05
+    # RoPE base of the decoder. With 32-dim heads and Llama's 10000 only a few rotary pairs turn slowly enough
+    # for a query to match visual tokens by content across the ~260 positions between them
+    rope_theta: float = 10000.0
     # std of the decoder's residual-branch outputs (o_proj, down_proj) = initializer_range * this / sqrt(2 L):
     # a deep narrow stack then starts close to the identity and learns like a shallow one
     residual_init_scale: float = 1.0
@@ -177,6 +185,7 @@ def build_model(cfg: RecipeConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
         num_key_value_heads=cfg.num_heads,
         max_position_embeddings=2048,
         initializer_range=cfg.initializer_range,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -624,6 +633,16 @@ def patch_labels(
     return shape_y, color_y
 
 
+def colour_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
+    """Per visual token: how many objects of its colour the image holds, as a class (0: one ... 3: four or
+    more), or -100 (ignored) on background tokens; ``color_y`` is `patch_labels`' colour class per token."""
+    per_colour = torch.zeros(len(shapes.COLORS) + 1, dtype=torch.long)
+    for o in sample["objects"]:
+        per_colour[list(shapes.COLORS).index(o["color"]) + 1] += 1
+    counts = per_colour[color_y].clamp(max=VISION_COUNT_CLASSES) - 1
+    return torch.where(color_y > 0, counts, -100)
+
+
 def keyword_end(question: str) -> int:
     """Where the words that name the evidence end in a templated question: "What color is the circle?" ->
     after "circle", "How many red shapes are there?" -> after "red", "What shape is at the top left of the
@@ -704,7 +723,9 @@ def pretrain_vision(
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     part_label = len(shapes.SHAPES) + 1 if cfg.part_class else -100
     n_shape, n_color = len(shapes.SHAPES) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
-    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + shapes.GRID**2)
+    n_cell = shapes.GRID**2
+    n_count = VISION_COUNT_CLASSES if cfg.count_loss_weight > 0 else 0
+    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count)
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
@@ -715,7 +736,7 @@ def pretrain_vision(
     start = time.perf_counter()
     tower.train()
     for step in range(cfg.vision_steps):
-        images, shape_y, color_y = [], [], []
+        images, shape_y, color_y, count_y = [], [], [], []
         for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
             # sample indices from the far end of the train split, so stage 2 sees other images
             sample = shapes.generate_sample(
@@ -731,6 +752,7 @@ def pretrain_vision(
             images.append(sample["image"])
             shape_y.append(s)
             color_y.append(c)
+            count_y.append(colour_count_labels(sample, c))
         progress = step / max(1, cfg.vision_steps - 1)
         for group in opt.param_groups:
             warm = min(1.0, (step + 1) / 50)
@@ -747,7 +769,12 @@ def pretrain_vision(
         ce = torch.nn.functional.cross_entropy
         loss = (ce(logits[:, :n_shape], sy, reduction="none") * weight).sum() / weight[sy >= 0].sum()
         loss = loss + (ce(logits[:, n_shape : n_shape + n_color], cy, reduction="none") * weight).mean()
-        loss = loss + cfg.cell_loss_weight * ce(logits[:, n_shape + n_color :], cells.repeat(len(images)))
+        cell_logits = logits[:, n_shape + n_color : n_shape + n_color + n_cell]
+        loss = loss + cfg.cell_loss_weight * ce(cell_logits, cells.repeat(len(images)))
+        ny = torch.cat(count_y)
+        count_logits = logits[:, n_shape + n_color + n_cell :]
+        if n_count:
+            loss = loss + cfg.count_loss_weight * ce(count_logits, ny)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -759,10 +786,13 @@ def pretrain_vision(
                     float((logits[named, :n_shape].argmax(-1) == sy[named]).float().mean()),
                     float((logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj]).float().mean()),
                     float((logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj).float().mean()),
+                    float((count_logits[obj].argmax(-1) == ny[obj]).float().mean())
+                    if n_count
+                    else float("nan"),
                 )
             )
         if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
-            loss_m, shape_m, color_m, fg_m = (float(np.mean(v)) for v in zip(*window, strict=True))
+            loss_m, shape_m, color_m, fg_m, count_m = (float(np.mean(v)) for v in zip(*window, strict=True))
             entry = {
                 "step": step + 1,
                 "loss": round(loss_m, 4),
@@ -771,6 +801,8 @@ def pretrain_vision(
                 "foreground_acc": round(fg_m, 3),
                 "elapsed_s": round(time.perf_counter() - start, 1),
             }
+            if n_count:
+                entry["object_patch_count_acc"] = round(count_m, 3)
             history.append(entry)
             window = []
             print(json.dumps({"vision": entry}), flush=True)
