@@ -395,6 +395,10 @@ def test_recipe_sets_the_decoders_rope_base() -> None:
 def test_recipe_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="image_size"):
         recipe.build_model(recipe.RecipeConfig(image_size=100))
+    with pytest.raises(ValueError, match="rope_theta must be a positive RoPE base.*got 0"):
+        recipe.build_model(recipe.RecipeConfig(rope_theta=0))
+    with pytest.raises(ValueError, match=r"count_loss_weight must be >= 0.*got -0\.5"):
+        recipe.build_model(recipe.RecipeConfig(count_loss_weight=-0.5))
     with pytest.raises(SystemExit):
         recipe.parse_args(["--steps", "many"])
     with pytest.raises(ValueError, match=r"outside the decoder's layers 0\.\.1"):
@@ -406,3 +410,6 @@ def test_recipe_rejects_bad_arguments() -> None:
     assert recipe.parse_args(["--part-class", "no"])[0].part_class is False
     with pytest.raises(SystemExit):
         recipe.parse_args(["--part-class", "maybe"])
+    for argv in (["--rope-theta", "0"], ["--curriculum", "1.0:5:2"], ["--attention-layers", "9"]):
+        with pytest.raises(SystemExit):  # a one-line usage error from the parser, before any training
+            recipe.parse_args(argv)

@@ -157,13 +157,24 @@ SMOKE = {
 # ----------------------------------------------------------------------------------------------- model
 
 
+def check_architecture(cfg: RecipeConfig) -> None:
+    """Raise ValueError naming a model option that cannot build the model."""
+    if cfg.image_size % PATCH_SIZE:
+        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {cfg.image_size}")
+    if not cfg.rope_theta > 0:
+        raise ValueError(f"rope_theta must be a positive RoPE base (Llama: 10000), got {cfg.rope_theta}")
+    if cfg.count_loss_weight < 0:
+        raise ValueError(
+            f"count_loss_weight must be >= 0 (0 turns the count head off), got {cfg.count_loss_weight}"
+        )
+
+
 def build_model(cfg: RecipeConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A freshly initialised model (seeded) and its processor (tokenizer + CLIP image processor)."""
     from svlm.testing.processor import llava_processor
     from svlm.testing.tokenizer import tiny_tokenizer
 
-    if cfg.image_size % PATCH_SIZE:
-        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {cfg.image_size}")
+    check_architecture(cfg)
     tokenizer = tiny_tokenizer("llava")
     processor = llava_processor(tokenizer, cfg.image_size, PATCH_SIZE)
     vision = CLIPVisionConfig(
@@ -904,7 +915,7 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     torch.manual_seed(cfg.seed)
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
     keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
-    parse_question_types(cfg.attention_types)
+    check_config(cfg)  # everything else, before stage 1's minutes
     model, processor = build_model(cfg)
     start = time.perf_counter()
     torch.set_num_threads(cfg.vision_threads)
@@ -1033,7 +1044,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeConfig, argpars
             if k in {f.name for f in dataclasses.fields(RecipeConfig)} and v is not None
         }
     )
-    return RecipeConfig(**values), args
+    cfg = RecipeConfig(**values)
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        parser.error(str(err))  # one line naming the bad value, before any training
+    return cfg, args
+
+
+def check_config(cfg: RecipeConfig) -> None:
+    """Raise ValueError naming the first bad option (layers, question types, curriculum, architecture)."""
+    parse_layers(cfg.attention_layers, cfg.num_layers)
+    parse_layers(cfg.keyword_layers, cfg.num_layers)
+    parse_question_types(cfg.attention_types)
+    parse_curriculum(cfg.curriculum)
+    check_architecture(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
