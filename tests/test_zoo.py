@@ -152,6 +152,25 @@ def test_derived_questions_are_answered_by_the_scene() -> None:
             assert a in shapes.SHAPES
 
 
+def test_question_weights_make_a_type_come_up_more_often() -> None:
+    def share_of_count(weights: dict[str, int] | None) -> float:
+        qtypes = []
+        for i in range(60):
+            sample = shapes.generate_sample(i, "train")
+            qas = recipe.derived_questions(sample, 8, random.Random(i), weights)
+            qtypes += [recipe.question_type(q) for q, _ in qas[1:]]
+        return qtypes.count("count") / len(qtypes)
+
+    plain, weighted = share_of_count(None), share_of_count({"count": 3})
+    assert plain == pytest.approx(0.2, abs=0.06)
+    assert weighted > plain + 0.15  # 3 of 7 types per cycle, as far as an image has count questions left
+    assert recipe.parse_type_weights("count:3, exist:2") == {"count": 3, "exist": 2}
+    assert recipe.parse_type_weights("") == {}
+    for bad in ("count:0", "colour:2", "count", "count:x"):
+        with pytest.raises(ValueError, match="question_weights must look like"):
+            recipe.parse_type_weights(bad)
+
+
 def test_derived_question_templates_match_the_benchmark() -> None:
     """Every question the generator writes is one the recipe's templates can write (same wording)."""
     made = set()
@@ -252,6 +271,28 @@ def test_count_head_is_optional_in_vision_pretraining() -> None:
     assert "object_patch_count_acc" not in logs[0.0][-1]
     assert 0 <= logs[0.5][-1]["object_patch_count_acc"] <= 1
     assert logs[0.0][0]["loss"] < logs[0.5][0]["loss"]  # the count term adds to the same first-step loss
+
+
+def test_scene_labels_count_the_objects_of_each_colour() -> None:
+    sample = shapes.generate_sample(3, "train", min_objects=9, max_objects=9)
+    counts = recipe.scene_labels(sample)
+    assert counts.shape == (len(shapes.COLORS),)
+    for index, colour in enumerate(shapes.COLORS):
+        n = sum(o["color"] == colour for o in sample["objects"])
+        assert int(counts[index]) == min(n, recipe.SCENE_COUNT_CLASSES - 1), colour
+    assert int(counts.sum()) >= 1
+
+
+def test_scene_head_is_optional_in_vision_pretraining() -> None:
+    """scene_loss_weight > 0 adds the scene-summary head and its term on top of the same first-step loss."""
+    logs = {}
+    for weight in (0.0, 1.0):
+        cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "scene_loss_weight": weight})
+        model, processor = recipe.build_model(cfg)
+        logs[weight] = recipe.pretrain_vision(model, processor, cfg, log_every=1)
+    assert "patch_scene_count_acc" not in logs[0.0][-1]
+    assert 0 <= logs[1.0][-1]["patch_scene_count_acc"] <= 1
+    assert logs[0.0][0]["loss"] < logs[1.0][0]["loss"]
 
 
 def test_cell_labels_follow_the_three_by_three_grid() -> None:
@@ -399,6 +440,8 @@ def test_recipe_rejects_bad_arguments() -> None:
         recipe.build_model(recipe.RecipeConfig(rope_theta=0))
     with pytest.raises(ValueError, match=r"count_loss_weight must be >= 0.*got -0\.5"):
         recipe.build_model(recipe.RecipeConfig(count_loss_weight=-0.5))
+    with pytest.raises(ValueError, match=r"scene_loss_weight must be >= 0.*got -1"):
+        recipe.build_model(recipe.RecipeConfig(scene_loss_weight=-1))
     with pytest.raises(SystemExit):
         recipe.parse_args(["--steps", "many"])
     with pytest.raises(ValueError, match=r"outside the decoder's layers 0\.\.1"):

@@ -60,6 +60,7 @@ from svlm.data.prompts import SHORT_ANSWER, build_conversation, with_instruction
 
 PATCH_SIZE = 14
 VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
+SCENE_COUNT_CLASSES = 4  # the scene-summary head's objects per colour: 0, 1, 2, 3 or more
 
 
 @dataclass
@@ -83,11 +84,18 @@ class RecipeConfig:
     # holds (1, 2, 3, 4+): the tower's self-attention sees the whole image, the decoder's attention can only
     # average what it attends to, so the count has to be in the features it reads (0 turns it off)
     count_loss_weight: float = 0.0
+    # weight of a scene-summary head at every patch: how many objects of each colour the image holds (0, 1, 2,
+    # 3+), global content of the kind CLIP features carry; counting then reads one token's features instead of
+    # aggregating attention over several objects (0 turns it off)
+    scene_loss_weight: float = 0.0
     # stage 2: end-to-end VQA training of the whole model
     steps: int = 1500
     vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
     batch_size: int = 8
     questions_per_image: int = 8
+    # how often each question type comes up among an image's derived questions ("count:3": three count
+    # questions per cycle of the five types; types not named weigh 1)
+    question_weights: str = ""
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
@@ -163,10 +171,9 @@ def check_architecture(cfg: RecipeConfig) -> None:
         raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {cfg.image_size}")
     if not cfg.rope_theta > 0:
         raise ValueError(f"rope_theta must be a positive RoPE base (Llama: 10000), got {cfg.rope_theta}")
-    if cfg.count_loss_weight < 0:
-        raise ValueError(
-            f"count_loss_weight must be >= 0 (0 turns the count head off), got {cfg.count_loss_weight}"
-        )
+    for name in ("count_loss_weight", "scene_loss_weight"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns its head off), got {getattr(cfg, name)}")
 
 
 def build_model(cfg: RecipeConfig) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -241,10 +248,13 @@ def _templates() -> dict[str, Any]:
     }
 
 
-def derived_questions(sample: dict, k: int, rng: random.Random) -> list[tuple[str, str]]:
+def derived_questions(
+    sample: dict, k: int, rng: random.Random, type_weights: dict[str, int] | None = None
+) -> list[tuple[str, str]]:
     """``k`` (question, answer) pairs about ``sample``'s image: its own question, then questions derived from
-    its scene annotation with the benchmark's templates, cycling over question types (each type's answer
-    drawn uniformly among the answers that type can have for this image)."""
+    its scene annotation with the benchmark's templates, cycling over question types, each type
+    ``type_weights[type]`` times per cycle (default once; each type's answer drawn uniformly among the answers
+    that type can have for this image)."""
     t = _templates()
     objs = sample["objects"]
     shape_counts: dict[str, int] = {}
@@ -280,7 +290,8 @@ def derived_questions(sample: dict, k: int, rng: random.Random) -> list[tuple[st
 
     out = [(sample["question"], sample["answer"])]
     seen = {sample["question"]}
-    types = list(shapes.QUESTION_TYPES)
+    weights = type_weights or {}
+    types = [q for q in shapes.QUESTION_TYPES for _ in range(weights.get(q, 1))]
     start = rng.randrange(len(types))
     tries = 0
     while len(out) < k and tries < 20 * k:
@@ -497,6 +508,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     by (seed, sample index) -- a pure function of the config and the step."""
     images, qas, evidence = [], [], []
     types = parse_question_types(cfg.attention_types)
+    weights = parse_type_weights(cfg.question_weights)
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
         sample = shapes.generate_sample(
             i,
@@ -507,7 +519,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
-        qas.append(derived_questions(sample, cfg.questions_per_image, rng))
+        qas.append(derived_questions(sample, cfg.questions_per_image, rng, weights))
         if cfg.attention_weight > 0:
             supervised = [q if question_type(q) in types else None for q, _ in qas[-1]]
             evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size))
@@ -654,6 +666,16 @@ def colour_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
     return torch.where(color_y > 0, counts, -100)
 
 
+def scene_labels(sample: dict) -> torch.Tensor:
+    """The image's scene summary: how many objects of each colour it holds, as a class per colour of
+    ``shapes.COLORS`` (0, 1, 2, 3 = three or more)."""
+    colours = list(shapes.COLORS)
+    counts = torch.zeros(len(colours), dtype=torch.long)
+    for o in sample["objects"]:
+        counts[colours.index(o["color"])] += 1
+    return counts.clamp(max=SCENE_COUNT_CLASSES - 1)
+
+
 def keyword_end(question: str) -> int:
     """Where the words that name the evidence end in a templated question: "What color is the circle?" ->
     after "circle", "How many red shapes are there?" -> after "red", "What shape is at the top left of the
@@ -736,18 +758,19 @@ def pretrain_vision(
     n_shape, n_color = len(shapes.SHAPES) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
     n_cell = shapes.GRID**2
     n_count = VISION_COUNT_CLASSES if cfg.count_loss_weight > 0 else 0
-    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count)
+    n_scene = len(shapes.COLORS) * SCENE_COUNT_CLASSES if cfg.scene_loss_weight > 0 else 0
+    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene)
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
     opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=cfg.vision_lr, weight_decay=0.0)
     cells = cell_labels(cfg.image_size)
     history: list[dict[str, Any]] = []
-    window: list[tuple[float, float, float, float]] = []
+    window: list[dict[str, float]] = []
     start = time.perf_counter()
     tower.train()
     for step in range(cfg.vision_steps):
-        images, shape_y, color_y, count_y = [], [], [], []
+        images, shape_y, color_y, count_y, scene_y = [], [], [], [], []
         for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
             # sample indices from the far end of the train split, so stage 2 sees other images
             sample = shapes.generate_sample(
@@ -764,6 +787,7 @@ def pretrain_vision(
             shape_y.append(s)
             color_y.append(c)
             count_y.append(colour_count_labels(sample, c))
+            scene_y.append(scene_labels(sample))
         progress = step / max(1, cfg.vision_steps - 1)
         for group in opt.param_groups:
             warm = min(1.0, (step + 1) / 50)
@@ -783,37 +807,39 @@ def pretrain_vision(
         cell_logits = logits[:, n_shape + n_color : n_shape + n_color + n_cell]
         loss = loss + cfg.cell_loss_weight * ce(cell_logits, cells.repeat(len(images)))
         ny = torch.cat(count_y)
-        count_logits = logits[:, n_shape + n_color + n_cell :]
+        count_at = n_shape + n_color + n_cell
+        count_logits = logits[:, count_at : count_at + n_count]
         if n_count:
             loss = loss + cfg.count_loss_weight * ce(count_logits, ny)
+        if n_scene:
+            # every patch predicts the whole scene's summary
+            scene_logits = logits[:, count_at + n_count :].reshape(-1, SCENE_COUNT_CLASSES)
+            scene_targets = torch.stack(scene_y).repeat_interleave(hidden.shape[1] - 1, 0).flatten()
+            loss = loss + cfg.scene_loss_weight * ce(scene_logits, scene_targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             named = (sy > 0) & (sy <= len(shapes.SHAPES))  # patches labelled with a shape name
-            window.append(
-                (
-                    float(loss),
-                    float((logits[named, :n_shape].argmax(-1) == sy[named]).float().mean()),
-                    float((logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj]).float().mean()),
-                    float((logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj).float().mean()),
-                    float((count_logits[obj].argmax(-1) == ny[obj]).float().mean())
-                    if n_count
-                    else float("nan"),
-                )
-            )
-        if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
-            loss_m, shape_m, color_m, fg_m, count_m = (float(np.mean(v)) for v in zip(*window, strict=True))
-            entry = {
-                "step": step + 1,
-                "loss": round(loss_m, 4),
-                "object_patch_shape_acc": round(shape_m, 3),
-                "object_patch_color_acc": round(color_m, 3),
-                "foreground_acc": round(fg_m, 3),
-                "elapsed_s": round(time.perf_counter() - start, 1),
+            metrics = {
+                "loss": float(loss),
+                "object_patch_shape_acc": (logits[named, :n_shape].argmax(-1) == sy[named]).float().mean(),
+                "object_patch_color_acc": (logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj])
+                .float()
+                .mean(),
+                "foreground_acc": (logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj)
+                .float()
+                .mean(),
             }
             if n_count:
-                entry["object_patch_count_acc"] = round(count_m, 3)
+                metrics["object_patch_count_acc"] = (count_logits[obj].argmax(-1) == ny[obj]).float().mean()
+            if n_scene:
+                metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
+            window.append({k: float(v) for k, v in metrics.items()})
+        if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
+            entry = {"step": step + 1}
+            entry.update({k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]})
+            entry["elapsed_s"] = round(time.perf_counter() - start, 1)
             history.append(entry)
             window = []
             print(json.dumps({"vision": entry}), flush=True)
@@ -898,6 +924,20 @@ def parse_question_types(spec: str) -> set[str]:
             f"attention_types {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}"
         )
     return types
+
+
+def parse_type_weights(spec: str) -> dict[str, int]:
+    """``"count:3,exist:2"`` -> {"count": 3, "exist": 2} (types not named weigh 1), checked."""
+    weights: dict[str, int] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, value = part.partition(":")
+        if name not in shapes.QUESTION_TYPES or not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"question_weights must look like 'count:3,exist:2' (svlm-shapes question types "
+                f"{list(shapes.QUESTION_TYPES)}, whole weights >= 1), got {part!r} in {spec!r}"
+            )
+        weights[name] = int(value)
+    return weights
 
 
 def lr_at(cfg: RecipeConfig, step: int) -> float:
@@ -1057,6 +1097,7 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_layers(cfg.attention_layers, cfg.num_layers)
     parse_layers(cfg.keyword_layers, cfg.num_layers)
     parse_question_types(cfg.attention_types)
+    parse_type_weights(cfg.question_weights)
     parse_curriculum(cfg.curriculum)
     check_architecture(cfg)
 
