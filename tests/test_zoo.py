@@ -171,6 +171,23 @@ def test_question_weights_make_a_type_come_up_more_often() -> None:
             recipe.parse_type_weights(bad)
 
 
+def test_lead_steps_ask_only_the_lead_types() -> None:
+    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "steps": 4, "lead_steps": 2, "lead_types": "count,exist"})
+    _, processor = recipe.build_model(cfg)
+    for step in range(4):
+        types = set(recipe.train_batch(cfg, processor, step).question_types)
+        if step < 2:
+            assert types <= {"count", "exist"}, (step, types)
+    sample = shapes.generate_sample(0, "train")  # its own question is a colour question
+    assert sample["question_type"] == "color"
+    only = recipe.derived_questions(sample, 8, random.Random(0), only={"count"})
+    assert only and all(recipe.question_type(q) == "count" for q, _ in only)
+    with pytest.raises(ValueError, match=r"lead_steps must be in 0\.\.steps \(3\), got 5"):
+        recipe.check_config(recipe.RecipeConfig(**{**recipe.SMOKE, "lead_steps": 5}))
+    with pytest.raises(ValueError, match=r"lead_types \['colour'\] are not svlm-shapes question types"):
+        recipe.check_config(recipe.RecipeConfig(lead_types="colour"))
+
+
 def test_derived_question_templates_match_the_benchmark() -> None:
     """Every question the generator writes is one the recipe's templates can write (same wording)."""
     made = set()

@@ -96,6 +96,10 @@ class RecipeConfig:
     # how often each question type comes up among an image's derived questions ("count:3": three count
     # questions per cycle of the five types; types not named weigh 1)
     question_weights: str = ""
+    # the first `lead_steps` steps ask only questions of these types (e.g. "count"): a skill the mix of all
+    # five types does not pick up can be learned alone first
+    lead_types: str = "count"
+    lead_steps: int = 0
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
@@ -249,12 +253,17 @@ def _templates() -> dict[str, Any]:
 
 
 def derived_questions(
-    sample: dict, k: int, rng: random.Random, type_weights: dict[str, int] | None = None
+    sample: dict,
+    k: int,
+    rng: random.Random,
+    type_weights: dict[str, int] | None = None,
+    only: set[str] | None = None,
 ) -> list[tuple[str, str]]:
     """``k`` (question, answer) pairs about ``sample``'s image: its own question, then questions derived from
     its scene annotation with the benchmark's templates, cycling over question types, each type
     ``type_weights[type]`` times per cycle (default once; each type's answer drawn uniformly among the answers
-    that type can have for this image)."""
+    that type can have for this image). ``only`` keeps the question types in it (the image's own question
+    too; it is the fallback when the image has no other question of those types)."""
     t = _templates()
     objs = sample["objects"]
     shape_counts: dict[str, int] = {}
@@ -288,10 +297,12 @@ def derived_questions(
             if (s, c) not in combos and (s in present_shapes or c in present_colors):  # near misses
                 add("exist", t["exist"](s, c), "no")
 
-    out = [(sample["question"], sample["answer"])]
+    own = (sample["question"], sample["answer"])
+    out = [own] if only is None or question_type(own[0]) in only else []
     seen = {sample["question"]}
     weights = type_weights or {}
-    types = [q for q in shapes.QUESTION_TYPES for _ in range(weights.get(q, 1))]
+    kept = [q for q in shapes.QUESTION_TYPES if only is None or q in only]
+    types = [q for q in kept for _ in range(weights.get(q, 1))]
     start = rng.randrange(len(types))
     tries = 0
     while len(out) < k and tries < 20 * k:
@@ -306,7 +317,7 @@ def derived_questions(
         q = rng.choice(sorted(questions))
         seen.add(q)
         out.append((q, next(a for a, qs in by_type[qtype].items() if q in qs)))
-    return out
+    return out or [own]
 
 
 _TYPE_PREFIXES = {
@@ -509,6 +520,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     images, qas, evidence = [], [], []
     types = parse_question_types(cfg.attention_types)
     weights = parse_type_weights(cfg.question_weights)
+    lead_types = parse_question_types(cfg.lead_types, "lead_types") if cfg.lead_steps > 0 else None
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
         sample = shapes.generate_sample(
             i,
@@ -519,7 +531,8 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
-        qas.append(derived_questions(sample, cfg.questions_per_image, rng, weights))
+        only = lead_types if step < cfg.lead_steps else None
+        qas.append(derived_questions(sample, cfg.questions_per_image, rng, weights, only))
         if cfg.attention_weight > 0:
             supervised = [q if question_type(q) in types else None for q, _ in qas[-1]]
             evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size))
@@ -915,14 +928,12 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
-def parse_question_types(spec: str) -> set[str]:
+def parse_question_types(spec: str, option: str = "attention_types") -> set[str]:
     """``"color,shape"`` -> {"color", "shape"}, checked against the svlm-shapes question types."""
     types = {t.strip() for t in spec.split(",") if t.strip()}
     bad = sorted(types - set(shapes.QUESTION_TYPES))
     if bad:
-        raise ValueError(
-            f"attention_types {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}"
-        )
+        raise ValueError(f"{option} {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}")
     return types
 
 
@@ -1098,6 +1109,10 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_layers(cfg.keyword_layers, cfg.num_layers)
     parse_question_types(cfg.attention_types)
     parse_type_weights(cfg.question_weights)
+    if not parse_question_types(cfg.lead_types, "lead_types") and cfg.lead_steps > 0:
+        raise ValueError("lead_types must name at least one question type when lead_steps > 0")
+    if not 0 <= cfg.lead_steps <= cfg.steps:
+        raise ValueError(f"lead_steps must be in 0..steps ({cfg.steps}), got {cfg.lead_steps}")
     parse_curriculum(cfg.curriculum)
     check_architecture(cfg)
 
