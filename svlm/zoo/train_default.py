@@ -1111,8 +1111,10 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_type_weights(cfg.question_weights)
     if not parse_question_types(cfg.lead_types, "lead_types") and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")
-    if not 0 <= cfg.lead_steps <= cfg.steps:
-        raise ValueError(f"lead_steps must be in 0..steps ({cfg.steps}), got {cfg.lead_steps}")
+    if cfg.lead_steps < 0:
+        raise ValueError(
+            f"lead_steps must be >= 0 (0: every question type from the start), got {cfg.lead_steps}"
+        )
     parse_curriculum(cfg.curriculum)
     check_architecture(cfg)
 
