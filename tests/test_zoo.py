@@ -278,16 +278,20 @@ def test_colour_count_labels_count_the_objects_of_each_patchs_colour() -> None:
     assert bool((count_y[color_y == 0] == -100).all())  # background is not labelled
 
 
-def test_count_head_is_optional_in_vision_pretraining() -> None:
-    """count_loss_weight > 0 adds the count head and its term on top of the same first-step loss."""
+@pytest.mark.parametrize(
+    ("option", "metric"),
+    [("count_loss_weight", "object_patch_count_acc"), ("scene_loss_weight", "patch_scene_count_acc")],
+)
+def test_optional_vision_heads(option: str, metric: str) -> None:
+    """A weight > 0 adds the head (logged as `metric`) and its term on top of the same first-step loss."""
     logs = {}
     for weight in (0.0, 0.5):
-        cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "count_loss_weight": weight})
+        cfg = recipe.RecipeConfig(**{**recipe.SMOKE, option: weight})
         model, processor = recipe.build_model(cfg)
         logs[weight] = recipe.pretrain_vision(model, processor, cfg, log_every=1)
-    assert "object_patch_count_acc" not in logs[0.0][-1]
-    assert 0 <= logs[0.5][-1]["object_patch_count_acc"] <= 1
-    assert logs[0.0][0]["loss"] < logs[0.5][0]["loss"]  # the count term adds to the same first-step loss
+    assert metric not in logs[0.0][-1]
+    assert 0 <= logs[0.5][-1][metric] <= 1
+    assert logs[0.0][0]["loss"] < logs[0.5][0]["loss"]
 
 
 def test_scene_labels_count_the_objects_of_each_colour() -> None:
@@ -298,18 +302,6 @@ def test_scene_labels_count_the_objects_of_each_colour() -> None:
         n = sum(o["color"] == colour for o in sample["objects"])
         assert int(counts[index]) == min(n, recipe.SCENE_COUNT_CLASSES - 1), colour
     assert int(counts.sum()) >= 1
-
-
-def test_scene_head_is_optional_in_vision_pretraining() -> None:
-    """scene_loss_weight > 0 adds the scene-summary head and its term on top of the same first-step loss."""
-    logs = {}
-    for weight in (0.0, 1.0):
-        cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "scene_loss_weight": weight})
-        model, processor = recipe.build_model(cfg)
-        logs[weight] = recipe.pretrain_vision(model, processor, cfg, log_every=1)
-    assert "patch_scene_count_acc" not in logs[0.0][-1]
-    assert 0 <= logs[1.0][-1]["patch_scene_count_acc"] <= 1
-    assert logs[0.0][0]["loss"] < logs[1.0][0]["loss"]
 
 
 def test_cell_labels_follow_the_three_by_three_grid() -> None:
