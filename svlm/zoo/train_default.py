@@ -669,12 +669,19 @@ def patch_labels(
     return shape_y, color_y
 
 
+def objects_per_colour(sample: dict) -> torch.Tensor:
+    """How many objects of each colour of ``shapes.COLORS`` the image holds ([colours], long)."""
+    colours = list(shapes.COLORS)
+    counts = torch.zeros(len(colours), dtype=torch.long)
+    for o in sample["objects"]:
+        counts[colours.index(o["color"])] += 1
+    return counts
+
+
 def colour_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
     """Per visual token: how many objects of its colour the image holds, as a class (0: one ... 3: four or
     more), or -100 (ignored) on background tokens; ``color_y`` is `patch_labels`' colour class per token."""
-    per_colour = torch.zeros(len(shapes.COLORS) + 1, dtype=torch.long)
-    for o in sample["objects"]:
-        per_colour[list(shapes.COLORS).index(o["color"]) + 1] += 1
+    per_colour = torch.cat([torch.zeros(1, dtype=torch.long), objects_per_colour(sample)])  # 0: background
     counts = per_colour[color_y].clamp(max=VISION_COUNT_CLASSES) - 1
     return torch.where(color_y > 0, counts, -100)
 
@@ -682,11 +689,7 @@ def colour_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
 def scene_labels(sample: dict) -> torch.Tensor:
     """The image's scene summary: how many objects of each colour it holds, as a class per colour of
     ``shapes.COLORS`` (0, 1, 2, 3 = three or more)."""
-    colours = list(shapes.COLORS)
-    counts = torch.zeros(len(colours), dtype=torch.long)
-    for o in sample["objects"]:
-        counts[colours.index(o["color"])] += 1
-    return counts.clamp(max=SCENE_COUNT_CLASSES - 1)
+    return objects_per_colour(sample).clamp(max=SCENE_COUNT_CLASSES - 1)
 
 
 def keyword_end(question: str) -> int:
@@ -763,7 +766,8 @@ def pretrain_vision(
 
     A from-scratch ViT learns shape from answer tokens alone far too slowly for a CPU budget (LLaVA itself
     starts from a pretrained CLIP); the train split's scene annotations give it direct, dense supervision.
-    The linear heads are discarded; the tower's weights carry over to stage 2.
+    Optional heads (``count_loss_weight``, ``scene_loss_weight``) add object counts per colour to what the
+    tower must name. The linear heads are discarded; the tower's weights carry over to stage 2.
     """
     tower = model.model.vision_tower
     gen = torch.Generator().manual_seed(cfg.seed + 1)
