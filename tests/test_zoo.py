@@ -369,7 +369,7 @@ def test_supervised_positions_are_the_answer_position_and_the_key_word() -> None
 
 
 def test_attention_supervision_is_limited_to_the_chosen_question_types() -> None:
-    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "batch_size": 4, "questions_per_image": 10})
+    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "batch_size": 4, "questions_per_image": 10, "lead_steps": 0})
     _, processor = recipe.build_model(cfg)
 
     def supervised_types(cfg: recipe.RecipeConfig) -> set[str]:
