@@ -883,13 +883,18 @@ def pretrain_vision(
                 metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
             window.append({k: float(v) for k, v in metrics.items()})
         if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
-            entry = {"step": step + 1}
-            entry.update({k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]})
-            entry["elapsed_s"] = round(time.perf_counter() - start, 1)
-            history.append(entry)
+            history.append(_log_window("vision", step, window, start))
             window = []
-            print(json.dumps({"vision": entry}), flush=True)
     return history
+
+
+def _log_window(stage: str, step: int, window: list[dict[str, float]], start: float) -> dict[str, Any]:
+    """One log entry of a pretraining stage: the window's mean metrics (NaN-free), printed as JSON."""
+    entry: dict[str, Any] = {"step": step + 1}
+    entry.update({k: round(float(np.nanmean([w[k] for w in window])), 4) for k in window[0]})
+    entry["elapsed_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps({stage: entry}), flush=True)
+    return entry
 
 
 ALIGN_BACKGROUND_WORD = "background"  # the word background tokens are pulled towards
@@ -1013,12 +1018,8 @@ def align_projector(
                     (count_logits[obj].argmax(-1) == ny[obj]).float().mean()
                 )
         if (step + 1) % log_every == 0 or step + 1 == cfg.align_steps:
-            entry = {"step": step + 1}
-            entry.update({k: round(float(np.nanmean([w[k] for w in window])), 4) for k in window[0]})
-            entry["elapsed_s"] = round(time.perf_counter() - start, 1)
-            history.append(entry)
+            history.append(_log_window("align", step, window, start))
             window = []
-            print(json.dumps({"align": entry}), flush=True)
     return history
 
 
