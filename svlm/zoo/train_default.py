@@ -900,6 +900,14 @@ def _log_window(stage: str, step: int, window: list[dict[str, float]], start: fl
 ALIGN_BACKGROUND_WORD = "background"  # the word background tokens are pulled towards
 ALIGN_COUNT_WORDS = ("1", "2", "3", "4")  # an object's colour count, as stage 1's count head names it
 ALIGN_SCALE = 10.0  # inverse temperature of the cosine softmax over the named words
+# each group's words compete in one softmax; index 0 is the background class, the rest follow the labels
+ALIGN_WORD_GROUPS: dict[str, tuple[str, ...]] = {
+    "colour": (ALIGN_BACKGROUND_WORD, *shapes.COLORS),
+    "shape": (ALIGN_BACKGROUND_WORD, *shapes.SHAPES),
+    "count": (ALIGN_BACKGROUND_WORD, *ALIGN_COUNT_WORDS),
+    "row": (ALIGN_BACKGROUND_WORD, "top", "bottom"),
+    "column": (ALIGN_BACKGROUND_WORD, "left", "right"),
+}
 
 
 def word_token_ids(tokenizer: Any, words: Sequence[str]) -> torch.Tensor:
@@ -932,21 +940,10 @@ def align_projector(
     """
     tokenizer = processor.tokenizer
     embed = model.model.language_model.get_input_embeddings().weight.detach()
-    colour_words = torch.nn.functional.normalize(
-        embed[word_token_ids(tokenizer, [ALIGN_BACKGROUND_WORD, *shapes.COLORS])], dim=-1
-    )
-    shape_words = torch.nn.functional.normalize(
-        embed[word_token_ids(tokenizer, [ALIGN_BACKGROUND_WORD, *shapes.SHAPES])], dim=-1
-    )
-    count_words = torch.nn.functional.normalize(
-        embed[word_token_ids(tokenizer, [ALIGN_BACKGROUND_WORD, *ALIGN_COUNT_WORDS])], dim=-1
-    )
-    row_words = torch.nn.functional.normalize(
-        embed[word_token_ids(tokenizer, [ALIGN_BACKGROUND_WORD, "top", "bottom"])], dim=-1
-    )
-    column_words = torch.nn.functional.normalize(
-        embed[word_token_ids(tokenizer, [ALIGN_BACKGROUND_WORD, "left", "right"])], dim=-1
-    )
+    words = {
+        group: torch.nn.functional.normalize(embed[word_token_ids(tokenizer, names)], dim=-1)
+        for group, names in ALIGN_WORD_GROUPS.items()
+    }
     cells = cell_labels(cfg.image_size)
     edge_class = torch.tensor([1, 0, 2])  # first band -> top/left, middle -> background, last -> bottom/right
     row_y, column_y = edge_class[cells // shapes.GRID], edge_class[cells % shapes.GRID]
@@ -979,18 +976,18 @@ def align_projector(
                 model.config.vision_feature_layer
             ]
         tokens = torch.nn.functional.normalize(projector(hidden[:, 1:]).flatten(0, 1), dim=-1)
-        colour_logits = ALIGN_SCALE * tokens @ colour_words.T
-        shape_logits = ALIGN_SCALE * tokens @ shape_words.T
+        colour_logits = ALIGN_SCALE * tokens @ words["colour"].T
+        shape_logits = ALIGN_SCALE * tokens @ words["shape"].T
         sy, cy = torch.cat(shape_y), torch.cat(color_y)
         weight = torch.where(cy > 0, 5.0, 1.0)  # objects cover ~10% of the patches, as in stage 1
         loss = (ce(colour_logits, cy, reduction="none") * weight).mean()
         loss = loss + (ce(shape_logits, sy, reduction="none") * weight).mean()
         if cfg.align_cells:
             n = len(images)
-            loss = loss + ce(ALIGN_SCALE * tokens @ row_words.T, row_y.repeat(n))
-            loss = loss + ce(ALIGN_SCALE * tokens @ column_words.T, column_y.repeat(n))
+            loss = loss + ce(ALIGN_SCALE * tokens @ words["row"].T, row_y.repeat(n))
+            loss = loss + ce(ALIGN_SCALE * tokens @ words["column"].T, column_y.repeat(n))
         if cfg.align_counts:
-            count_logits = ALIGN_SCALE * tokens @ count_words.T
+            count_logits = ALIGN_SCALE * tokens @ words["count"].T
             ny = torch.cat(count_y)
             loss = loss + (ce(count_logits, ny, reduction="none") * weight).mean()
         progress = step / max(1, cfg.align_steps)
@@ -1133,9 +1130,8 @@ def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: in
     check_config(cfg)  # everything else, before stage 1's minutes
     model, processor = build_model(cfg)
     if cfg.align_steps > 0:  # fail now rather than after stage 1
-        words = [ALIGN_BACKGROUND_WORD, *shapes.COLORS, *shapes.SHAPES, *ALIGN_COUNT_WORDS]
-        words += ["top", "bottom", "left", "right"]
-        word_token_ids(processor.tokenizer, words)
+        for names in ALIGN_WORD_GROUPS.values():
+            word_token_ids(processor.tokenizer, names)
     start = time.perf_counter()
     torch.set_num_threads(cfg.vision_threads)
     vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
