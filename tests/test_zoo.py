@@ -92,6 +92,8 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "align_counts",
         "align_cells",
         "tie_word_embeddings",
+        "train_visual_tokens",
+        "train_visual_until",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) - set(log["config"]) <= later
     assert recipe.RecipeConfig(**log["config"]) == recipe.RecipeConfig()

@@ -66,6 +66,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from svlm.data import shapes
 from svlm.data.prompts import SHORT_ANSWER, build_conversation, with_instruction
+from svlm.zoo.packed_attention import PackedLayout, packed_attention
 
 PATCH_SIZE = 14
 VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
@@ -157,6 +158,11 @@ class RecipeConfig:
     residual_init_scale: float = 1.0
     # data (the svlm-shapes generator's defaults, as evaluated by `svlm test`)
     data_image_size: int = 336
+    # visual tokens each training image keeps (0: all): every token an object covers, then background tokens
+    # at random, at their original positions, as drop-only pruning would; the decoder's cost falls with the
+    # sequence length, and the last (1 - `train_visual_until`) of the steps see all tokens again
+    train_visual_tokens: int = 0
+    train_visual_until: float = 1.0
     # curriculum: (end of phase as a fraction of `steps`, min objects, max objects) per phase; scenes with one
     # object first teach the model to find the object among background tokens, then binding (2-5 objects)
     curriculum: str = "0.03:1:1,0.1:1:3,1.0:2:5"
@@ -388,8 +394,13 @@ class PackedBatch:
     evidence_masks: torch.Tensor | None = None
     evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
     image_start: int = 0
+    layout: PackedLayout | None = None  # prefix and branches, for the packed-branch attention
+    visual_keep: torch.Tensor | None = None  # [b, k] the visual tokens kept (None: all)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs of a plain forward with the dense 4-D mask (all visual tokens only)."""
+        if self.visual_keep is not None:
+            raise ValueError("a batch with dropped visual tokens runs through `packed_hidden_states` only")
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
@@ -403,16 +414,23 @@ def pack(
     images: Sequence[Any],
     qas: Sequence[Sequence[tuple[str, str]]],
     evidence: Sequence[Sequence[torch.Tensor | None]] | None = None,
+    visual_keep: torch.Tensor | None = None,
 ) -> PackedBatch:
     """One sequence per image: the image prefix once, then one (question, answer) branch per pair.
 
     Branch tokens are the tokens the single-question prompt has after the prefix, followed by the answer and
     ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
+    ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
+    original positions, as a drop-only pruning method would: the sequences are then shorter by 256 - k.
     """
     tok = processor.tokenizer
     image_id = processor.image_token_id
     crop = processor.image_processor.crop_size
     num_image = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    if visual_keep is not None and (visual_keep.ndim != 2 or len(visual_keep) != len(qas)):
+        raise ValueError(f"visual_keep must be [images, kept tokens], got shape {tuple(visual_keep.shape)}")
+    num_slots = num_image if visual_keep is None else visual_keep.shape[1]
+    dropped = num_image - num_slots
     seqs: list[list[int]] = []
     prefix_lens: list[int] = []
     branches: list[list[tuple[int, int, int]]] = []
@@ -432,7 +450,7 @@ def pack(
             image_start = cut - 2
             if prefix is None:
                 prefix = full[:cut]
-                ids = prefix[: cut - 2] + [image_id] * num_image + prefix[cut - 1 :]
+                ids = prefix[: cut - 2] + [image_id] * num_slots + prefix[cut - 1 :]
             elif full[:cut] != prefix:
                 raise RuntimeError("questions of one image do not share the image prefix")
             text = prompt_text(processor, question)
@@ -445,7 +463,7 @@ def pack(
             spans.append((len(ids), len(full) - cut, len(full) - len(prompt)))
             ids += full[cut:]
         seqs.append(ids)
-        prefix_lens.append(len(prefix) - 1 + num_image)
+        prefix_lens.append(len(prefix) - 1 + num_slots)
         branches.append(spans)
         keyword_cols.append(keywords)
     b, t = len(seqs), max(len(s) for s in seqs)
@@ -457,7 +475,11 @@ def pack(
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
-        position_ids[i, :p] = torch.arange(p)
+        position_ids[i, :p] = torch.arange(p) + torch.where(
+            torch.arange(p) >= image_start + num_slots, dropped, 0
+        )
+        if visual_keep is not None:
+            position_ids[i, image_start : image_start + num_slots] = image_start + visual_keep[i]
         mask[i, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
         for k, (start, length, answer_len) in enumerate(spans):
             end = start + length
@@ -465,9 +487,9 @@ def pack(
                 for kind, col in enumerate((end - answer_len - 1, keyword_cols[i][k])):
                     ev_rows.append(i)
                     ev_cols.append(col)
-                    ev_masks.append(evidence[i][k])
+                    ev_masks.append(evidence[i][k] if visual_keep is None else evidence[i][k][visual_keep[i]])
                     ev_kinds.append(kind)
-            position_ids[i, start:end] = torch.arange(p, p + length)
+            position_ids[i, start:end] = torch.arange(p, p + length) + dropped
             mask[i, 0, start:end, :p] = True
             mask[i, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
             for j in range(end - answer_len, end):  # output at j-1 predicts token j
@@ -495,6 +517,8 @@ def pack(
         evidence_masks=torch.stack(ev_masks) if ev_rows else None,
         evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
         image_start=image_start,
+        layout=PackedLayout.from_spans(prefix_lens[0], [[(s, n) for s, n, _ in spans] for spans in branches]),
+        visual_keep=visual_keep,
     )
 
 
@@ -546,8 +570,9 @@ def phase_at(cfg: RecipeConfig, step: int) -> Phase:
 def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> PackedBatch:
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
-    images, qas, evidence = [], [], []
+    images, qas, evidence, keep = [], [], [], []
     types = parse_question_types(cfg.attention_types)
+    drop = 0 < cfg.train_visual_tokens < cfg.num_visual_tokens and step < cfg.train_visual_until * cfg.steps
     weights = parse_type_weights(cfg.question_weights)
     lead_types = parse_question_types(cfg.lead_types, "lead_types") if cfg.lead_steps > 0 else None
     for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
@@ -565,7 +590,49 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         if cfg.attention_weight > 0:
             supervised = [q if question_type(q) in types else None for q, _ in qas[-1]]
             evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size))
-    return pack(processor, images, qas, evidence if cfg.attention_weight > 0 else None)
+        if drop:
+            keep.append(
+                kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))
+            )
+    return pack(
+        processor,
+        images,
+        qas,
+        evidence if cfg.attention_weight > 0 else None,
+        torch.stack(keep) if drop else None,
+    )
+
+
+def kept_visual_tokens(sample: dict, cfg: RecipeConfig, generator: torch.Generator) -> torch.Tensor:
+    """The ``cfg.train_visual_tokens`` visual tokens a training image keeps (sorted): the tokens its objects
+    cover most, then background tokens at random."""
+    cover = object_coverage(sample, cfg.image_size, cfg.data_image_size)
+    on_object = cover.max(0).values if len(cover) else torch.zeros(cfg.num_visual_tokens)
+    score = on_object + 1e-3 * torch.rand(cfg.num_visual_tokens, generator=generator)
+    return score.topk(cfg.train_visual_tokens).indices.sort().values
+
+
+def packed_hidden_states(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+    """The decoder's last hidden states [b, t, hidden] of a packed batch, computed with the packed-branch
+    attention (same values as the dense 4-D mask, without its cost), keeping ``batch.visual_keep`` only."""
+    llava = model.model
+    position_ids, mask = batch.position_ids, batch.attention_mask
+    if batch.visual_keep is None:
+        inputs: dict[str, torch.Tensor] = {"input_ids": batch.input_ids, "pixel_values": batch.pixel_values}
+    else:
+        features = torch.stack(list(llava.get_image_features(pixel_values=batch.pixel_values).pooler_output))
+        keep = batch.visual_keep[..., None].expand(-1, -1, features.shape[-1])
+        embeds = llava.get_input_embeddings()(batch.input_ids)
+        slots = (batch.input_ids == model.config.image_token_id)[..., None].expand_as(embeds)
+        inputs = {"inputs_embeds": embeds.masked_scatter(slots, features.gather(1, keep).to(embeds.dtype))}
+    if batch.layout is None:
+        return llava(
+            **inputs, position_ids=position_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+    with packed_attention(model.config.text_config, batch.layout):
+        return llava(
+            **inputs, position_ids=position_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
 
 
 def packed_loss(
@@ -595,7 +662,7 @@ def packed_loss(
 
             handles.append(layers[index].self_attn.register_forward_pre_hook(grab, with_kwargs=True))
     try:
-        hidden = model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+        hidden = packed_hidden_states(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -639,9 +706,11 @@ def evidence_attention_loss(
     cos, sin = position_embeddings
     visual = torch.arange(batch.image_start, batch.image_start + n_visual)
     q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
-    k = attn.k_proj(hidden[rows][:, visual]).view(len(rows), n_visual, -1, head_dim).transpose(1, 2)
+    # keys once per sequence (a sequence holds several supervised questions), then one row per question
+    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
     q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
-    _, k = apply_rotary_pos_emb(k, k, cos[rows][:, visual], sin[rows][:, visual])
+    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
+    k = k[rows]
     supervised = max(1, heads // 2)
     kv_group = heads // k.shape[1]
     k = k.repeat_interleave(kv_group, dim=1)[:, :supervised]
