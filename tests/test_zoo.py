@@ -94,6 +94,7 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "tie_word_embeddings",
         "train_visual_tokens",
         "train_visual_until",
+        "lead_start",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) - set(log["config"]) <= later
     assert recipe.RecipeConfig(**log["config"]) == recipe.RecipeConfig()
@@ -200,6 +201,19 @@ def test_lead_steps_ask_only_the_lead_types() -> None:
         recipe.check_config(recipe.RecipeConfig(lead_steps=-1))
     with pytest.raises(ValueError, match=r"lead_types \['colour'\] are not svlm-shapes question types"):
         recipe.check_config(recipe.RecipeConfig(lead_types="colour"))
+
+
+def test_lead_window_can_start_later() -> None:
+    cfg = recipe.RecipeConfig(
+        **{**recipe.SMOKE, "steps": 5, "lead_start": 2, "lead_steps": 2, "lead_types": "count"}
+    )
+    _, processor = recipe.build_model(cfg)
+    only_count = [
+        set(recipe.train_batch(cfg, processor, step).question_types) == {"count"} for step in range(5)
+    ]
+    assert only_count[2:4] == [True, True] and not only_count[0] and not only_count[4]
+    with pytest.raises(ValueError, match=r"lead_start must be >= 0.*got -3"):
+        recipe.check_config(recipe.RecipeConfig(lead_start=-3))
 
 
 def test_derived_question_templates_match_the_benchmark() -> None:

@@ -123,6 +123,9 @@ class RecipeConfig:
     # five types does not pick up can be learned alone first
     lead_types: str = "count"
     lead_steps: int = 400
+    # the lead window starts at this step (0: the first steps); a later window lets the mix of all types learn
+    # first (e.g. colour, fast after the projector alignment) and then teaches the lead types alone
+    lead_start: int = 0
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
@@ -585,7 +588,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         )
         rng = random.Random(cfg.seed * 1_000_003 + i)
         images.append(sample["image"])
-        only = lead_types if step < cfg.lead_steps else None
+        only = lead_types if cfg.lead_start <= step < cfg.lead_start + cfg.lead_steps else None
         qas.append(derived_questions(sample, cfg.questions_per_image, rng, weights, only))
         if cfg.attention_weight > 0:
             supervised = [q if question_type(q) in types else None for q, _ in qas[-1]]
@@ -1348,6 +1351,10 @@ def check_config(cfg: RecipeConfig) -> None:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")
     if cfg.align_steps < 0:
         raise ValueError(f"align_steps must be >= 0 (0 skips projector alignment), got {cfg.align_steps}")
+    if cfg.lead_start < 0:
+        raise ValueError(
+            f"lead_start must be >= 0 (the step the lead window starts at), got {cfg.lead_start}"
+        )
     if cfg.lead_steps < 0:
         raise ValueError(
             f"lead_steps must be >= 0 (0: every question type from the start), got {cfg.lead_steps}"
