@@ -83,25 +83,13 @@ def test_shipped_model_forward_and_generate(shipped) -> None:
 def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
     """`python -m svlm.zoo.train_default` with no options is the command that built the shipped weights."""
     log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
-    # options added to the recipe after the shipped run are absent from its log; their defaults must be the
-    # behaviour the run had (off), so the logged values plus those defaults are exactly today's defaults
-    later = {
-        "align_steps",
-        "align_batch_size",
-        "align_lr",
-        "align_counts",
-        "align_cells",
-        "tie_word_embeddings",
-        "train_visual_tokens",
-        "train_visual_until",
-        "lead_start",
-    }
-    assert set(dataclasses.asdict(recipe.RecipeConfig())) - set(log["config"]) <= later
+    assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"])
     assert recipe.RecipeConfig(**log["config"]) == recipe.RecipeConfig()
-    defaults = recipe.RecipeConfig()
-    assert defaults.align_steps == 0 and not defaults.tie_word_embeddings
     assert log["vision_pretraining"][-1]["step"] == log["config"]["vision_steps"]
     assert log["steps"][-1]["step"] == log["config"]["steps"]
+    # what the README states: dense test accuracy >= 0.85, trained within the hour on 2 threads
+    assert log["test_dense"]["all"] >= 0.85 and log["test_dense"]["num_samples"] == 500
+    assert log["total_time_s"] <= 3600 and log["config"]["threads"] == 2
 
 
 def test_shipped_model_looks_at_the_image(shipped) -> None:
@@ -122,7 +110,9 @@ def test_shipped_model_looks_at_the_image(shipped) -> None:
             right += sum(t.strip() in s["answers"] for t, s in zip(texts, chunk, strict=True))
         return right / len(batch_samples)
 
-    assert accuracy(samples) >= accuracy(blank) + 0.15
+    real = accuracy(samples)
+    assert real >= 0.85  # issue 6's bar, on test samples the model never trained on
+    assert real >= accuracy(blank) + 0.3
 
 
 def test_shipped_model_runs_pruned(shipped) -> None:
@@ -421,7 +411,9 @@ def test_attention_supervision_is_limited_to_the_chosen_question_types() -> None
 
 def test_attention_supervision_reads_the_models_own_attention() -> None:
     """The rows-only evidence term equals -log(attention mass on evidence) taken from eager attention."""
-    cfg = recipe.RecipeConfig(**{**recipe.SMOKE, "num_layers": 3, "attention_weight": 1.0})
+    cfg = recipe.RecipeConfig(
+        **{**recipe.SMOKE, "num_layers": 3, "attention_weight": 1.0, "train_visual_tokens": 0}
+    )
     model, processor = recipe.build_model(cfg)
     model.eval().set_attn_implementation("eager")
     batch = recipe.train_batch(cfg, processor, 0)

@@ -101,7 +101,7 @@ class RecipeConfig:
     # stage 1b: projector alignment (LLaVA's projector pretraining, here on the scene annotation): the visual
     # tokens are pulled towards the input embeddings of the words that name their object's colour and shape,
     # so that a question's key words and the image tokens they are about start out alike (0 skips it)
-    align_steps: int = 0
+    align_steps: int = 300
     align_batch_size: int = 16
     align_lr: float = 2e-3
     # also pull each object token towards the digit of its colour's object count (" 1" ... " 4"), the answer
@@ -112,7 +112,7 @@ class RecipeConfig:
     # "background"), the words in "What shape is at the top left of the image?" and "top-left"
     align_cells: bool = False
     # stage 2: end-to-end VQA training of the whole model
-    steps: int = 3000
+    steps: int = 5600
     vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
     batch_size: int = 8
     questions_per_image: int = 8
@@ -125,7 +125,7 @@ class RecipeConfig:
     lead_steps: int = 400
     # the lead window starts at this step (0: the first steps); a later window lets the mix of all types learn
     # first (e.g. colour, fast after the projector alignment) and then teaches the lead types alone
-    lead_start: int = 0
+    lead_start: int = 800
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
@@ -152,7 +152,7 @@ class RecipeConfig:
     initializer_range: float = 0.05
     # one matrix for the input embeddings and the LM head (as in Llama 3.2 1B/3B): a visual token aligned with
     # a word's embedding (stage 1b) then reads out as that word when attention copies it to the answer
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool = True
     # RoPE base of the decoder. With 32-dim heads and Llama's 10000 only a few rotary pairs turn slowly enough
     # for a query to match visual tokens by content across the ~260 positions between them
     rope_theta: float = 10000.0
@@ -164,18 +164,18 @@ class RecipeConfig:
     # visual tokens each training image keeps (0: all): every token an object covers, then background tokens
     # at random, at their original positions, as drop-only pruning would; the decoder's cost falls with the
     # sequence length, and the last (1 - `train_visual_until`) of the steps see all tokens again
-    train_visual_tokens: int = 0
-    train_visual_until: float = 1.0
+    train_visual_tokens: int = 80
+    train_visual_until: float = 0.85
     # curriculum: (end of phase as a fraction of `steps`, min objects, max objects) per phase; scenes with one
     # object first teach the model to find the object among background tokens, then binding (2-5 objects)
     curriculum: str = "0.03:1:1,0.1:1:3,1.0:2:5"
     # evaluation during training (val split; the test split is only used for the final report)
-    eval_every: int = 300
+    eval_every: int = 700
     eval_samples: int = 100
     test_samples: int = 500
     # CPU threads of stage 1 and stage 2 (as in the shipped run: other counts change floating-point sums)
-    vision_threads: int = 1
-    threads: int = 1
+    vision_threads: int = 2
+    threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,8 +198,11 @@ SMOKE = {
     "attention_layers": "1",
     "keyword_layers": "0",
     "lead_steps": 1,
+    "lead_start": 0,
     "align_steps": 2,
     "align_batch_size": 2,
+    "vision_threads": 1,
+    "threads": 1,
 }
 
 
@@ -1195,6 +1198,14 @@ def lr_at(cfg: RecipeConfig, step: int) -> float:
 def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: int = 10) -> dict[str, Any]:
     """Train, evaluate on the val split every ``eval_every`` steps and on the test split at the end, and
     save model, processor and ``training_log.json`` to ``output_dir`` (when given)."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(cfg, output_dir, log_every)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
