@@ -11,18 +11,20 @@ split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
    it and the 3x3 grid cell the patch lies in, and at each object patch how many objects of its colour the
    image holds (linear heads on its output, discarded afterwards). Shape labels sit on each object's centre
    patch first, then on all its patches.
-1b. Optional projector alignment (``--align-steps``, off by default), standing in for LLaVA's projector
-   pretraining on captions: the projector alone learns to point each visual token towards the input
-   embedding of its object's colour word and (at the object's centre) shape word; with
-   ``--tie-word-embeddings true`` a token that attention copies to the answer position then reads out as
-   its word. It makes colour questions learnable in a few hundred steps, but did not make the whole recipe
-   better (README).
+1b. Projector alignment (``--align-steps``), standing in for LLaVA's projector pretraining on captions: the
+   projector alone learns to point each visual token towards the input embedding of its object's colour word
+   and (at the object's centre) shape word; with tied embeddings (``--tie-word-embeddings``) a token that
+   attention copies to the answer position then reads out as its word. Colour questions become learnable in
+   a few hundred steps instead of a lottery of thousands.
 2. Visual question answering: projector and decoder learn to answer the benchmark's questions (the tower is
-   frozen by default). The first steps ask count questions only (the mix of all five types never learned
-   to count), then count questions come up twice as often as the others. Optionally
-   (``--attention-weight``), half the heads of a few decoder layers are also told where to look: the loss
-   adds -log of the attention mass that the answer position puts on the patches of the objects the
-   question is about (known from the scene annotation).
+   frozen by default). All five types are mixed from the start; a window of steps (``--lead-start``,
+   ``--lead-steps``) then asks count questions only (the mix alone never learned to count), and afterwards
+   count questions come up twice as often as the others. Half the heads of a few decoder layers are also
+   told where to look (``--attention-weight``): the loss adds -log of the attention mass that the answer
+   position puts on the patches of the objects the question is about (known from the scene annotation).
+   For most steps (``--train-visual-until``) each image keeps only ``--train-visual-tokens`` visual tokens:
+   those its objects cover and random background, at their original positions, as drop-only pruning would
+   (exact: the same values as hiding the others as keys, tested); the last steps see all 256.
 
 Everything is seeded and the data are a pure function of the seed and the step, so a run is reproducible up
 to floating-point non-associativity of the kernels.
@@ -33,7 +35,11 @@ Why it trains in minutes on two cores:
   branch per question (question + instruction + answer); a 4-D attention mask lets each branch see the
   prefix and itself only, and position ids restart after the prefix, so every branch is computed exactly as
   the single-question evaluation prompt would be (``tests/test_zoo.py`` checks this against a plain forward).
-  The expensive part, 256 visual tokens through the decoder, is paid once for all questions.
+  The expensive part, 256 visual tokens through the decoder, is paid once for all questions. The attention
+  is computed from that layout (``svlm.zoo.packed_attention``), not from a dense [t, t] mask, which SDPA on
+  CPU handles slowly.
+- Most steps keep 80 of the 256 visual tokens (above): a 447-token training sequence becomes ~270, about
+  twice as fast, and the decoder learns on the tokens that hold the answers.
 - Extra questions are derived from the scene annotation of the same training image with the benchmark's own
   templates (the original question is always one of them), balanced over question types.
 - The loss is teacher-forced cross-entropy on the answer tokens (answer and end-of-sequence) only, and the
