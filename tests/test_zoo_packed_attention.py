@@ -155,3 +155,24 @@ def test_kept_visual_tokens_are_the_objects_then_random_background() -> None:
     again = recipe.kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(0))
     other = recipe.kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(keep, again) and not torch.equal(keep, other)
+
+
+def test_kept_visual_tokens_always_hold_every_objects_centre() -> None:
+    cfg = recipe.RecipeConfig(train_visual_tokens=9)
+    sample = shapes.generate_sample(5, "train", image_size=cfg.data_image_size, min_objects=9, max_objects=9)
+    keep = recipe.kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(0))
+    centres = recipe.centre_tokens(sample, cfg.image_size, cfg.data_image_size)
+    assert sorted(keep.tolist()) == sorted(centres)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("train_visual_tokens", 4, r"train_visual_tokens must be 0 \(all\) or between 9 .* and 256 .*got 4"),
+        ("train_visual_tokens", 300, r"got 300"),
+        ("train_visual_until", 1.5, r"train_visual_until must be a fraction .* got 1.5"),
+    ],
+)
+def test_bad_visual_drop_options_are_named(option: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        recipe.check_config(recipe.RecipeConfig(**{option: value}))

@@ -616,10 +616,12 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
 
 
 def kept_visual_tokens(sample: dict, cfg: RecipeConfig, generator: torch.Generator) -> torch.Tensor:
-    """The ``cfg.train_visual_tokens`` visual tokens a training image keeps (sorted): the tokens its objects
-    cover most, then background tokens at random."""
+    """The ``cfg.train_visual_tokens`` visual tokens a training image keeps (sorted): each object's centre
+    token (where the attention loss points), the other tokens its objects cover most, then background tokens
+    at random."""
     cover = object_coverage(sample, cfg.image_size, cfg.data_image_size)
     on_object = cover.max(0).values if len(cover) else torch.zeros(cfg.num_visual_tokens)
+    on_object[centre_tokens(sample, cfg.image_size, cfg.data_image_size)] += 2.0
     score = on_object + 1e-3 * torch.rand(cfg.num_visual_tokens, generator=generator)
     return score.topk(cfg.train_visual_tokens).indices.sort().values
 
@@ -1375,6 +1377,16 @@ def check_config(cfg: RecipeConfig) -> None:
     if cfg.lead_steps < 0:
         raise ValueError(
             f"lead_steps must be >= 0 (0: every question type from the start), got {cfg.lead_steps}"
+        )
+    fewest = shapes.GRID * shapes.GRID  # every object's centre token must fit
+    if cfg.train_visual_tokens and not fewest <= cfg.train_visual_tokens <= cfg.num_visual_tokens:
+        raise ValueError(
+            f"train_visual_tokens must be 0 (all) or between {fewest} (one per object of a full scene) and "
+            f"{cfg.num_visual_tokens} (the model's visual tokens), got {cfg.train_visual_tokens}"
+        )
+    if not 0 <= cfg.train_visual_until <= 1:
+        raise ValueError(
+            f"train_visual_until must be a fraction of the steps in [0, 1], got {cfg.train_visual_until}"
         )
     parse_curriculum(cfg.curriculum)
     check_architecture(cfg)
