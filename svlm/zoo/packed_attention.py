@@ -70,7 +70,7 @@ def _packed_attention(
     """Packed-branch attention of ``query`` [b, h, t, d] (the dense mask is ignored): output [b, t, h, d]."""
     if not _ACTIVE:
         raise RuntimeError(
-            f"{PACKED_IMPLEMENTATION} attention runs inside `packed_attention(model, layout)` only"
+            f"{PACKED_IMPLEMENTATION} attention runs inside `packed_attention(text_config, layout)` only"
         )
     layout = _ACTIVE[-1]
     b, heads, t, dim = query.shape

@@ -55,6 +55,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,7 +434,8 @@ def pack(
     Branch tokens are the tokens the single-question prompt has after the prefix, followed by the answer and
     ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
     ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
-    original positions, as a drop-only pruning method would: the sequences are then shorter by 256 - k.
+    original positions, as a drop-only pruning method would: the sequences are then shorter by the number of
+    visual tokens dropped.
     """
     tok = processor.tokenizer
     image_id = processor.image_token_id
@@ -639,11 +641,12 @@ def packed_hidden_states(model: PreTrainedModel, batch: PackedBatch) -> torch.Te
         embeds = llava.get_input_embeddings()(batch.input_ids)
         slots = (batch.input_ids == model.config.image_token_id)[..., None].expand_as(embeds)
         inputs = {"inputs_embeds": embeds.masked_scatter(slots, features.gather(1, keep).to(embeds.dtype))}
-    if batch.layout is None:
-        return llava(
-            **inputs, position_ids=position_ids, attention_mask=mask, use_cache=False
-        ).last_hidden_state
-    with packed_attention(model.config.text_config, batch.layout):
+    attention = (
+        packed_attention(model.config.text_config, batch.layout)
+        if batch.layout is not None
+        else nullcontext()
+    )
+    with attention:
         return llava(
             **inputs, position_ids=position_ids, attention_mask=mask, use_cache=False
         ).last_hidden_state
