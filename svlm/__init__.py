@@ -2,6 +2,7 @@
 
 from svlm.adapters import FAMILIES, adapter_for
 from svlm.engine.cache import PrunedCache
+from svlm.engine.layout import linear_layout, set_linear_layout
 from svlm.report import Report
 from svlm.sparse import SparseModel, sparsify
 from svlm.strategies import (
@@ -33,7 +34,9 @@ __all__ = [
     "available_strategies",
     "build_strategy",
     "keep_top_visual",
+    "linear_layout",
     "register_strategy",
     "schedule_counts",
+    "set_linear_layout",
     "sparsify",
 ]

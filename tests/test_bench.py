@@ -131,6 +131,39 @@ def test_comparison_with_pypi_sparsevlm(tmp_path):
     assert pypi["kv_cache_mb"] < rows["hf"]["kv_cache_mb"]  # it prunes the cache after a dense prefill
     assert ours["budget"] == pytest.approx(144, abs=1) and ours["speedup_vs_pypi"] > 0
     assert any("position 15" in note for note in data["notes"])
+    assert data["meta"]["weight_layout"] == "input_major"  # auto on CPU, applied to every model alike
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sparsevlm") is None, reason="PyPI sparsevlm not installed")
+def test_comparison_at_several_output_lengths(tmp_path):
+    out = tmp_path / "bench.json"
+    bench(
+        model="tiny:llava",
+        strategies=["dense"],
+        max_new_tokens=2,
+        repeats=1,
+        warmup=0,
+        compare_sparsevlm=True,
+        compare_model="tiny:qwen2_5_vl",
+        compare_strategies=["random"],
+        compare_new_tokens=[1, 3],
+        weight_layout="native",
+        output=out,
+        progress=False,
+        steady_memory=False,
+    )
+    data = json.loads(out.read_text())
+    groups = [(r["label"], r["new_tokens"]) for r in data["comparison"]]
+    labels = ["hf", "hf-eager", "sparsevlm-pypi", "random-0.25"]
+    assert groups == [(label, n) for n in (1, 3) for label in labels]
+    for row in data["comparison"]:
+        assert row["speedup_vs_pypi"] > 0 and row["generate_speedup"] > 0  # each against its own length
+        assert (row["decode_tok_s"] is None or math.isnan(row["decode_tok_s"])) == (row["new_tokens"] == 1)
+    targets = [t["target"] for t in data["targets"] if "PyPI" in t["target"]]
+    assert targets == [
+        f"random-0.25, prefill + {n} new tokens: >= 3x faster than PyPI sparsevlm" for n in (1, 3)
+    ]
+    assert data["meta"]["weight_layout"] == "native"
 
 
 def test_scoring_time_is_reported(make_tiny_vlm, images, questions):

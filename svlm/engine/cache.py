@@ -1,4 +1,4 @@
-"""A ``DynamicCache`` that remembers how long the prompt was before pruning.
+"""A ``DynamicCache`` that remembers how long the prompt was before pruning, in buffers that grow in place.
 
 Each layer's cache holds only the tokens that layer saw, so after pre-LLM pruning even layer 0 holds fewer
 entries than the prompt had. transformers derives decode positions and mask sizes from
@@ -7,6 +7,10 @@ so positions continue after the original prompt whatever was pruned.
 
 transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``;
 ``CACHE_KWARG``, ``cache_in`` and ``cache_out`` let svlm work with either spelling.
+
+transformers' ``DynamicLayer`` appends with ``torch.cat``, i.e. every decoding step copies the layer's whole
+cache; on a 32-layer model that copy was 11% of a CPU decoding step. :class:`BufferedLayer` keeps spare
+slots behind its keys and values and writes each new token into them (amortised O(1) per token).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.models.llama.modeling_llama import LlamaModel
 
 # the keyword transformers' models take their KV cache by (and return it as)
@@ -35,11 +41,83 @@ def cache_out(output: Any) -> Any:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+class BufferedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose ``keys``/``values`` are views of larger buffers, so appending writes only
+    the new tokens instead of copying the whole cache.
+
+    ``keys``/``values`` keep ``DynamicLayer``'s meaning (``[batch, heads, length, head_dim]``, the cached
+    tokens only); they are strided views whose rows are contiguous, which SDPA, eager and FlashAttention
+    read as they are. Anything that replaces them (``crop`` keeps the view; ``reorder_cache``,
+    ``batch_select_indices``, offloading make new tensors) is noticed at the next ``update``, which then
+    starts a new buffer. When the buffer is full it grows by a quarter (at least ``min_spare`` slots).
+    """
+
+    min_spare = 16
+    _layer_type = None  # never registered in transformers' layer-type mapping: DynamicCache stays as it is
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        old = self.get_seq_length()
+        new = old + key_states.shape[-2]
+        if not self._fits(key_states, value_states, new):
+            self._grow(key_states, value_states, old, new)
+        self._key_buffer[..., old:new, :].copy_(key_states)
+        self._value_buffer[..., old:new, :].copy_(value_states)
+        self.keys = self._key_buffer[..., :new, :]
+        self.values = self._value_buffer[..., :new, :]
+        return self.keys, self.values
+
+    def _fits(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int) -> bool:
+        """Whether the current buffers still back ``keys``/``values`` and have room for ``length`` slots."""
+        kb, vb = getattr(self, "_key_buffer", None), getattr(self, "_value_buffer", None)
+        if kb is None or vb is None or kb.shape[-2] < length:
+            return False
+        for buffer, states, cached in ((kb, key_states, self.keys), (vb, value_states, self.values)):
+            if buffer.shape[:2] != states.shape[:2] or buffer.shape[-1] != states.shape[-1]:
+                return False
+            if buffer.dtype != states.dtype or buffer.device != states.device:
+                return False
+            if cached.numel() and (
+                cached.data_ptr() != buffer.data_ptr() or cached.stride() != buffer.stride()
+            ):
+                return False
+        return True
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, old: int, length: int) -> None:
+        capacity = length + max(self.min_spare, length // 4)
+        buffers = []
+        for states, cached in ((key_states, self.keys), (value_states, self.values)):
+            b, h, _, d = states.shape
+            buffer = states.new_empty(b, h, capacity, d)
+            if old:
+                buffer[..., :old, :].copy_(cached)
+            buffers.append(buffer)
+        self._key_buffer, self._value_buffer = buffers
+
+    def reset(self) -> None:
+        self._key_buffer = self._value_buffer = None
+        super().reset()
+
+
 class PrunedCache(DynamicCache):
-    """Per-layer physical caches of different lengths behind the logical length transformers expects."""
+    """Per-layer physical caches of different lengths behind the logical length transformers expects.
+
+    Full-attention layers are :class:`BufferedLayer` (sliding-window layers stay transformers' own).
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.layers = [_buffered(layer) for layer in self.layers]
+        if self.layer_class_to_replicate is DynamicLayer:
+            self.layer_class_to_replicate = BufferedLayer
         self.pruned_tokens: list[int] = []  # per layer: prompt tokens dropped before that layer
 
     def set_pruned(self, pruned_tokens: list[int]) -> None:
@@ -60,3 +138,10 @@ class PrunedCache(DynamicCache):
         return kv_length + self._offset(layer_idx) if self.physical_length(
             layer_idx
         ) else kv_length, kv_offset
+
+
+def _buffered(layer: object) -> object:
+    """An empty plain ``DynamicLayer`` becomes a :class:`BufferedLayer`; any other layer is kept."""
+    if type(layer) is DynamicLayer and not layer.is_initialized:
+        return BufferedLayer()
+    return layer

@@ -100,3 +100,17 @@ def test_pixels_without_placeholders(tiny, images, questions):
     )
     with pytest.raises(ValueError, match="prompts hold no image tokens"):
         svlm.sparsify(tiny.model, "dense")(**inputs)
+
+
+def test_non_finite_count_is_exact_and_never_fooled_by_overflow() -> None:
+    import torch
+
+    from svlm.engine.validation import non_finite_count
+
+    values = torch.zeros(4, 5)
+    assert non_finite_count(values) == 0
+    values[1, 2], values[3, 0] = float("nan"), float("-inf")
+    assert non_finite_count(values) == 2
+    huge = torch.full((8,), 3e38)  # finite, but its float32 sum overflows: counted exactly, not reported
+    assert non_finite_count(huge) == 0
+    assert non_finite_count(torch.ones(3, dtype=torch.long)) == 0
