@@ -107,8 +107,8 @@ def test_bench_rejects_bad_options():
         bench(model="tiny:llava", strategies=["randm"], progress=False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sparsevlm") is None, reason="PyPI sparsevlm not installed")
-def test_comparison_with_pypi_sparsevlm(tmp_path):
+def _comparison(tmp_path, **kwargs) -> dict:
+    """A one-round bench of the PyPI comparison (random at keep 0.25 on the tiny Qwen2.5-VL)."""
     out = tmp_path / "bench.json"
     bench(
         model="tiny:llava",
@@ -122,8 +122,14 @@ def test_comparison_with_pypi_sparsevlm(tmp_path):
         output=out,
         progress=False,
         steady_memory=False,
+        **kwargs,
     )
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sparsevlm") is None, reason="PyPI sparsevlm not installed")
+def test_comparison_with_pypi_sparsevlm(tmp_path):
+    data = _comparison(tmp_path)
     rows = {r["label"]: r for r in data["comparison"]}
     assert list(rows) == ["hf", "hf-eager", "sparsevlm-pypi", "random-0.25"]
     pypi, ours = rows["sparsevlm-pypi"], rows["random-0.25"]
@@ -136,23 +142,7 @@ def test_comparison_with_pypi_sparsevlm(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("sparsevlm") is None, reason="PyPI sparsevlm not installed")
 def test_comparison_at_several_output_lengths(tmp_path):
-    out = tmp_path / "bench.json"
-    bench(
-        model="tiny:llava",
-        strategies=["dense"],
-        max_new_tokens=2,
-        repeats=1,
-        warmup=0,
-        compare_sparsevlm=True,
-        compare_model="tiny:qwen2_5_vl",
-        compare_strategies=["random"],
-        compare_new_tokens=[1, 3],
-        weight_layout="native",
-        output=out,
-        progress=False,
-        steady_memory=False,
-    )
-    data = json.loads(out.read_text())
+    data = _comparison(tmp_path, compare_new_tokens=[1, 3], weight_layout="native")
     groups = [(r["label"], r["new_tokens"]) for r in data["comparison"]]
     labels = ["hf", "hf-eager", "sparsevlm-pypi", "random-0.25"]
     assert groups == [(label, n) for n in (1, 3) for label in labels]
