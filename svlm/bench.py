@@ -76,6 +76,8 @@ DEFAULT_QUESTION = "What is shown in the image? Answer the question using a sing
 #: ~103M-parameter Qwen2.5-VL-shaped random model with 576 visual tokens (the comparison's default).
 COMPARE_MODEL = "tiny:qwen2_5_vl?num_layers=32&hidden_size=512&num_attention_heads=8&intermediate_size=1376"
 PYPI_LABEL = "sparsevlm-pypi"
+#: Token counts at which ``decoder_ceiling`` also times the decoder (``layer_ms``), below the full prompt.
+LAYER_COST_TOKENS: tuple[int, ...] = (1, 16, 32, 64, 128, 256)
 TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 #: Columns of the CSV (and keys of each JSON row), in order.
@@ -972,6 +974,10 @@ def decoder_ceiling(
     """How much faster the model's own language model (no svlm at all) runs on ``kept`` tokens than on
     ``full`` tokens, against the FLOPs ratio of the two: the best ``efficiency`` any pruning method that
     calls these decoder layers can reach on this machine (small GEMMs and per-op overheads are its own).
+
+    ``layer_ms`` is the same decoder's cost per layer at a range of token counts (one sample): where it
+    stops falling as tokens get fewer, a layer costs what reading its weights and launching its ops cost,
+    which bounds the efficiency of any schedule that leaves few tokens in many layers.
     """
     from svlm import flops
     from svlm.adapters import adapter_for
@@ -981,12 +987,13 @@ def decoder_ceiling(
     dtype = next(model.parameters()).dtype
     hidden = int(config.get_text_config(decoder=True).hidden_size)
     layers = int(config.get_text_config(decoder=True).num_hidden_layers)
-    states = {n: torch.randn(1, n, hidden, device=device, dtype=dtype) for n in (full, kept)}
-    times: dict[int, list[float]] = {full: [], kept: []}
-    for n in (full, kept):  # warm-up
+    sizes = sorted({full, kept, *(n for n in LAYER_COST_TOKENS if n < full)})
+    states = {n: torch.randn(1, n, hidden, device=device, dtype=dtype) for n in sizes}
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    for n in sizes:  # warm-up
         lm(inputs_embeds=states[n])
     for _ in range(repeats):
-        for n in (full, kept):
+        for n in sizes:
             _sync(device)
             start = clock()
             lm(inputs_embeds=states[n])
@@ -1011,6 +1018,7 @@ def decoder_ceiling(
         "flops_speedup_causal": ratio_causal,
         "efficiency": speedup / ratio,
         "efficiency_causal": speedup / ratio_causal,
+        "layer_ms": {str(n): 1e3 * _median(times[n]) / layers for n in sizes},
     }
 
 
@@ -1148,6 +1156,8 @@ def _print(
             f"({ceiling['flops_speedup_causal']:.2f}x causal): efficiency ceiling "
             f"{ceiling['efficiency']:.3f} ({ceiling['efficiency_causal']:.3f} causal)"
         )
+        costs = ", ".join(f"{n}: {ms:.2f}" for n, ms in ceiling.get("layer_ms", {}).items())
+        print(f"decoder alone, ms per layer by tokens per sample: {costs}")
     if comparison:
         print("\nPyPI sparsevlm vs svlm (same Qwen2.5-VL model, same keep ratio, end-to-end generate):")
         print(format_table([r for r in comparison if "error" not in r], COMPARE_COLUMNS))

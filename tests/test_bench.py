@@ -65,6 +65,8 @@ def test_bench_writes_json_and_csv(tmp_path, capsys):
     ceiling = data["decoder_ceiling"]  # the model's own decoder on 600 vs 24 + 64 tokens, no svlm
     assert (ceiling["full_tokens"], ceiling["kept_tokens"]) == (600, 88)
     assert ceiling["efficiency"] == pytest.approx(ceiling["speedup"] / ceiling["flops_speedup"])
+    assert list(ceiling["layer_ms"]) == ["1", "16", "32", "64", "88", "128", "256", "600"]
+    assert all(ms > 0 for ms in ceiling["layer_ms"].values())
     labels = [r["label"] for r in data["rows"]]
     assert labels == ["hf", "dense", "random-64", "fastv-64", "hf@b2", "random-64@b2"]
     assert [r["label"] for r in rows] == labels
