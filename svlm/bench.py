@@ -13,7 +13,8 @@ What is measured, per row (one strategy at one budget and batch size, or a refer
 * ``peak_mem_mb``: memory the call needs beyond what was allocated before it. CUDA:
   ``max_memory_allocated``; CPU (Linux): growth of the peak resident set (``VmHWM``) after returning freed
   heap to the system (``malloc_trim``), measured in a separate, untimed run.
-* ``kv_cache_mb``: bytes of the KV cache that decoding starts from (measured on the cache object).
+* ``kv_cache_mb``: bytes allocated for the KV cache that decoding starts from (measured on the cache
+  object's storages; svlm's cache already holds the slots it reserved for the ``max_new_tokens``).
 * ``flops_speedup``: analytic dense / sparse prefill FLOPs (svlm's convention: the full n x n attention
   rectangle, as ``FlopCounterMode`` counts it); ``efficiency`` = ``prefill_speedup / flops_speedup``: how
   close the measured speed-up comes to the FLOPs limit. ``efficiency_causal`` uses FLOPs that count only
@@ -136,17 +137,19 @@ def efficiency(speedup: float, dense_flops: float, sparse_flops: float) -> float
 
 
 def cache_bytes(cache: Any) -> int | None:
-    """Bytes held by the key and value tensors of a transformers cache (``None`` if it has no layers)."""
+    """Bytes allocated for the key and value tensors of a transformers cache (``None`` if it has no
+    layers): whole storages, so that spare slots behind a view (svlm's ``BufferedLayer``) count too."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         return None
-    total = 0
+    storages: dict[int, int] = {}
     for layer in layers:
         for name in ("keys", "values"):
             tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total
+            if isinstance(tensor, torch.Tensor) and tensor.numel():
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _median(values: Sequence[float]) -> float:

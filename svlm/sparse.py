@@ -50,7 +50,7 @@ class SparseModel:
         """Like ``model.generate``: greedy or sampling, batched, ``max_new_tokens``, ``eos_token_id``."""
         if int(inputs.get("num_beams", 1) or 1) > 1:
             raise ValueError("svlm's pruned generation does not support beam search (num_beams > 1) yet.")
-        inputs = self._with_cache(inputs, required=True)
+        inputs = self._with_cache(inputs, required=True, reserve=_new_tokens(self.model, inputs))
         with self._attached() as session:
             out = self.model.generate(**inputs)
         self._collect(session)
@@ -73,11 +73,11 @@ class SparseModel:
             return self.last_report
         return None
 
-    def _with_cache(self, inputs: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    def _with_cache(self, inputs: dict[str, Any], required: bool = False, reserve: int = 0) -> dict[str, Any]:
         validate_inputs(self.adapter, inputs)
         cache = cache_in(inputs)
         if cache is None and (required or inputs.get("use_cache", True) is not False):
-            inputs = {**inputs, CACHE_KWARG: PrunedCache(config=self.model.config)}
+            inputs = {**inputs, CACHE_KWARG: PrunedCache(config=self.model.config, reserve_tokens=reserve)}
         elif cache is not None and not isinstance(cache, PrunedCache):
             raise ValueError(
                 f"Pass no {CACHE_KWARG} (svlm creates a PrunedCache) or an svlm.PrunedCache; got "
@@ -98,6 +98,13 @@ class SparseModel:
 
     def __repr__(self) -> str:
         return f"SparseModel({type(self.model).__name__}, {self.strategy!r})"
+
+
+def _new_tokens(model: nn.Module, inputs: dict[str, Any]) -> int:
+    """How many tokens ``generate`` will append at most, when it is said (``max_new_tokens``), else 0."""
+    config = inputs.get("generation_config") or getattr(model, "generation_config", None)
+    value = inputs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    return int(value) if isinstance(value, int) and value > 0 else 0
 
 
 def sparsify(

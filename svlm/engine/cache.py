@@ -15,6 +15,7 @@ slots behind its keys and values and writes each new token into them (amortised 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -49,11 +50,17 @@ class BufferedLayer(DynamicLayer):
     tokens only); they are strided views whose rows are contiguous, which SDPA, eager and FlashAttention
     read as they are. Anything that replaces them (``crop`` keeps the view; ``reorder_cache``,
     ``batch_select_indices``, offloading make new tensors) is noticed at the next ``update``, which then
-    starts a new buffer. When the buffer is full it grows by a quarter (at least ``min_spare`` slots).
+    starts a new buffer. The first buffer holds the first update plus ``reserve`` slots (``generate``
+    passes ``max_new_tokens``, so the cache ends exactly as large as transformers' own); a full buffer
+    grows by a quarter (at least ``min_spare`` slots).
     """
 
     min_spare = 16
     _layer_type = None  # never registered in transformers' layer-type mapping: DynamicCache stays as it is
+
+    def __init__(self, reserve: int = 0) -> None:
+        super().__init__()
+        self.reserve = max(0, int(reserve))
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -92,7 +99,8 @@ class BufferedLayer(DynamicLayer):
         return True
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, old: int, length: int) -> None:
-        capacity = length + max(self.min_spare, length // 4)
+        first = getattr(self, "_key_buffer", None) is None and old == 0
+        capacity = length + (self.reserve if first else max(self.min_spare, length // 4))
         buffers = []
         for states, cached in ((key_states, self.keys), (value_states, self.values)):
             b, h, _, d = states.shape
@@ -110,14 +118,15 @@ class BufferedLayer(DynamicLayer):
 class PrunedCache(DynamicCache):
     """Per-layer physical caches of different lengths behind the logical length transformers expects.
 
-    Full-attention layers are :class:`BufferedLayer` (sliding-window layers stay transformers' own).
+    Full-attention layers are :class:`BufferedLayer` (sliding-window layers stay transformers' own), each
+    with room for ``reserve_tokens`` more tokens after its first update.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, reserve_tokens: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.layers = [_buffered(layer) for layer in self.layers]
+        self.layers = [_buffered(layer, reserve_tokens) for layer in self.layers]
         if self.layer_class_to_replicate is DynamicLayer:
-            self.layer_class_to_replicate = BufferedLayer
+            self.layer_class_to_replicate = functools.partial(BufferedLayer, reserve_tokens)
         self.pruned_tokens: list[int] = []  # per layer: prompt tokens dropped before that layer
 
     def set_pruned(self, pruned_tokens: list[int]) -> None:
@@ -140,8 +149,8 @@ class PrunedCache(DynamicCache):
         ) else kv_length, kv_offset
 
 
-def _buffered(layer: object) -> object:
+def _buffered(layer: object, reserve: int = 0) -> object:
     """An empty plain ``DynamicLayer`` becomes a :class:`BufferedLayer`; any other layer is kept."""
     if type(layer) is DynamicLayer and not layer.is_initialized:
-        return BufferedLayer()
+        return BufferedLayer(reserve)
     return layer

@@ -40,7 +40,7 @@ def _kv(n: int, seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_buffered_layer_matches_dynamic_layer_and_writes_in_place() -> None:
-    buffered, plain = BufferedLayer(), DynamicLayer()
+    buffered, plain = BufferedLayer(reserve=7), DynamicLayer()
     pointers = set()
     for step, n in enumerate([7, 1, 1, 3, 1, 1]):
         k, v = _kv(n, step)
@@ -48,7 +48,7 @@ def test_buffered_layer_matches_dynamic_layer_and_writes_in_place() -> None:
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
         assert buffered.get_seq_length() == plain.get_seq_length()
         pointers.add(buffered.keys.data_ptr())
-    assert len(pointers) == 1  # 14 tokens fit the first buffer (7 + 16 spare): no copy after the prompt
+    assert len(pointers) == 1  # 14 tokens fit the first buffer (7 + 7 reserved): no copy after the prompt
 
 
 def test_buffered_layer_grows_and_survives_transformers_edits() -> None:
@@ -79,7 +79,8 @@ def test_pruned_cache_uses_buffered_layers_without_touching_transformers() -> No
     before = dict(DYNAMIC_LAYER_TYPE_MAPPING)
     cache = PrunedCache(config=LlamaConfig(num_hidden_layers=3))
     assert [type(layer) for layer in cache.layers] == [BufferedLayer] * 3
-    assert PrunedCache().layer_class_to_replicate is BufferedLayer  # lazily created layers too
+    lazy = PrunedCache(reserve_tokens=5).layer_class_to_replicate()  # lazily created layers too
+    assert type(lazy) is BufferedLayer and lazy.reserve == 5
     assert DYNAMIC_LAYER_TYPE_MAPPING == before  # no process-wide registration
 
 
@@ -96,7 +97,7 @@ def test_generate_with_buffered_cache_equals_transformers_cache(make_tiny_vlm, i
     kwargs = {"max_new_tokens": 6, "do_sample": False, "output_scores": True, "return_dict_in_generate": True}
     buffered = sparse.generate(**inputs, **kwargs)
     original = cache_module._buffered
-    cache_module._buffered = lambda layer: layer  # transformers' own DynamicLayer
+    cache_module._buffered = lambda layer, reserve=0: layer  # transformers' own DynamicLayer
     try:
         plain = sparse.generate(**inputs, **kwargs)
     finally:
@@ -104,3 +105,38 @@ def test_generate_with_buffered_cache_equals_transformers_cache(make_tiny_vlm, i
     assert torch.equal(buffered.sequences, plain.sequences)
     for a, b in zip(buffered.scores, plain.scores, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_reserve_sizes_the_first_buffer_exactly() -> None:
+    layer = BufferedLayer(reserve=3)
+    k, v = _kv(10, 0)
+    layer.update(k, v)
+    pointer = layer.keys.data_ptr()
+    assert layer.keys.untyped_storage().nbytes() == k[..., :1, :].numel() * 13 * 4  # 10 + 3 slots
+    for step in range(3):
+        layer.update(*_kv(1, step + 1))
+    assert layer.keys.data_ptr() == pointer and layer.get_seq_length() == 13  # no copy for the reserved
+    layer.update(*_kv(1, 9))
+    assert layer.keys.data_ptr() != pointer and layer.get_seq_length() == 14  # then it grows
+
+
+@torch.no_grad()
+def test_generate_reserves_max_new_tokens(make_tiny_vlm, images, questions) -> None:
+    """svlm's generate sizes every layer's buffer for the prompt it kept plus max_new_tokens: no regrowth,
+    and the cache holds no more than transformers' own would at the end."""
+    import svlm
+    from svlm.bench import cache_bytes
+
+    tiny = make_tiny_vlm("llava")
+    inputs = tiny.inputs(images, questions)
+    sparse = svlm.sparsify(tiny.model, "fastv", budget=0.6)
+    out = sparse.generate(
+        **inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True
+    )
+    cache = cache_out(out)
+    for layer in cache.layers:
+        assert layer.keys.shape[-2] == layer._key_buffer.shape[-2] - 1  # the last token is never cached
+    expected = sum(
+        2 * layer.keys[..., :1, :].numel() * 4 * (layer.keys.shape[-2] + 1) for layer in cache.layers
+    )
+    assert cache_bytes(cache) == expected
