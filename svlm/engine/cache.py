@@ -9,8 +9,9 @@ transformers 5.24 renamed the cache argument and output field ``past_key_values`
 ``CACHE_KWARG``, ``cache_in`` and ``cache_out`` let svlm work with either spelling.
 
 transformers' ``DynamicLayer`` appends with ``torch.cat``, i.e. every decoding step copies the layer's whole
-cache; on a 32-layer model that copy was 11% of a CPU decoding step. :class:`BufferedLayer` keeps spare
-slots behind its keys and values and writes each new token into them (amortised O(1) per token).
+cache. :class:`BufferedLayer` keeps spare slots behind its keys and values and writes each new token into
+them; on the 32-layer benchmark model (one CPU thread) that saved 3 ms of a ~47 ms step with 168 cached
+tokens and 12 ms with 600.
 """
 
 from __future__ import annotations
