@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from svlm.engine.cache import cache_in, cache_out
 from svlm.engine.layout import resolve_layout, set_linear_layout
@@ -980,12 +981,14 @@ def decoder_ceiling(
 
     ``layer_ms`` is the same decoder's cost per layer at a range of token counts (one sample): where it
     stops falling as tokens get fewer, a layer costs what reading its weights and launching its ops cost,
-    which bounds the efficiency of any schedule that leaves few tokens in many layers.
+    which bounds the efficiency of any schedule that leaves few tokens in many layers. ``linear_ms`` is the
+    part of it spent in the layers' ``nn.Linear`` GEMMs alone (see :func:`linear_cost_ms`).
     """
     from svlm import flops
     from svlm.adapters import adapter_for
 
-    lm = adapter_for(model).language_model
+    adapter = adapter_for(model)
+    lm = adapter.language_model
     config = model.config
     dtype = next(model.parameters()).dtype
     hidden = int(config.get_text_config(decoder=True).hidden_size)
@@ -1022,7 +1025,44 @@ def decoder_ceiling(
         "efficiency": speedup / ratio,
         "efficiency_causal": speedup / ratio_causal,
         "layer_ms": {str(n): 1e3 * _median(times[n]) / layers for n in sizes},
+        "linear_ms": linear_cost_ms(adapter.decoder_layers, sizes, repeats, clock, device, dtype),
     }
+
+
+@torch.no_grad()
+def linear_cost_ms(
+    layers: Sequence[nn.Module],
+    sizes: Sequence[int],
+    repeats: int,
+    clock: Callable[[], float],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Milliseconds per layer that the ``nn.Linear`` modules of ``layers`` take alone at each token count
+    (``F.linear`` on random rows, weights as stored, every layer in turn so the weights stream from memory
+    as in a forward pass); median over ``repeats``. The rest of ``layer_ms`` is attention, norms, rotary
+    embeddings, activations and per-op dispatch."""
+    linears = [[m for m in layer.modules() if isinstance(m, nn.Linear)] for layer in layers]
+    widths = {m.in_features for group in linears for m in group}
+    result = {}
+    for n in sizes:
+        rows = {w: torch.randn(n, w, device=device, dtype=dtype) for w in widths}
+
+        def one_pass(rows: dict[int, torch.Tensor] = rows) -> None:
+            for group in linears:
+                for m in group:
+                    F.linear(rows[m.in_features], m.weight, m.bias)
+
+        one_pass()  # warm-up
+        times = []
+        for _ in range(max(1, repeats)):
+            _sync(device)
+            start = clock()
+            one_pass()
+            _sync(device)
+            times.append(clock() - start)
+        result[str(n)] = 1e3 * _median(times) / max(1, len(linears))
+    return result
 
 
 # -- the PyPI comparison --------------------------------------------------------------------------------
@@ -1161,6 +1201,9 @@ def _print(
         )
         costs = ", ".join(f"{n}: {ms:.2f}" for n, ms in ceiling.get("layer_ms", {}).items())
         print(f"decoder alone, ms per layer by tokens per sample: {costs}")
+        gemms = ", ".join(f"{n}: {ms:.2f}" for n, ms in ceiling.get("linear_ms", {}).items())
+        if gemms:
+            print(f"  of which its linear layers' GEMMs: {gemms}")
     if comparison:
         print("\nPyPI sparsevlm vs svlm (same Qwen2.5-VL model, same keep ratio, end-to-end generate):")
         print(format_table([r for r in comparison if "error" not in r], COMPARE_COLUMNS))

@@ -67,6 +67,8 @@ def test_bench_writes_json_and_csv(tmp_path, capsys):
     assert ceiling["efficiency"] == pytest.approx(ceiling["speedup"] / ceiling["flops_speedup"])
     assert list(ceiling["layer_ms"]) == ["1", "16", "32", "64", "88", "128", "256", "600"]
     assert all(ms > 0 for ms in ceiling["layer_ms"].values())
+    assert list(ceiling["linear_ms"]) == list(ceiling["layer_ms"])  # the GEMM share of each layer cost
+    assert all(ms > 0 for ms in ceiling["linear_ms"].values())
     labels = [r["label"] for r in data["rows"]]
     assert labels == ["hf", "dense", "random-64", "fastv-64", "hf@b2", "random-64@b2"]
     assert [r["label"] for r in rows] == labels
@@ -187,3 +189,23 @@ def test_scoring_from_cached_keys_equals_recomputed_rotary(make_tiny_vlm, images
     monkeypatch.setattr(session_module.PruningSession, "_attention", both)
     svlm.sparsify(tiny.model, "sparsevlm", budget=0.3).generate(**inputs, max_new_tokens=1)
     assert pairs and all(pairs)
+
+
+def test_linear_cost_ms_times_every_layer_per_pass_and_reports_per_layer() -> None:
+    from torch import nn
+
+    from svlm.bench import linear_cost_ms
+
+    calls = []
+
+    layers = [nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8, bias=False)) for _ in range(4)]
+    ticks = iter(range(1000))
+
+    def clock() -> float:
+        calls.append(1)
+        return float(next(ticks))  # each timed pass spans exactly one tick
+
+    result = linear_cost_ms(layers, [1, 5], 3, clock, torch.device("cpu"), torch.float32)
+    assert list(result) == ["1", "5"]
+    assert result == {"1": pytest.approx(1e3 / 4), "5": pytest.approx(1e3 / 4)}
+    assert len(calls) == 2 * 3 * 2  # start and stop of 3 repeats at 2 sizes
