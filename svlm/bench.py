@@ -10,6 +10,9 @@ What is measured, per row (one strategy at one budget and batch size, or a refer
   hook, the last position's logits. ``ttft_s``: from the ``generate`` call until the first new token
   exists; ``decode_tok_s``: new tokens per second after it; ``generate_s``: the whole call. Every call
   produces exactly ``max_new_tokens`` tokens (``min_new_tokens`` is set), so rows are comparable.
+* ``decode_floor``: the share of its memory-bandwidth limit that decoding reaches: the time one step would
+  take if it only read the language model's weights and the KV cache at the machine's measured read
+  bandwidth, over the measured step time (:mod:`svlm.bandwidth`).
 * ``peak_mem_mb``: memory the call needs beyond what was allocated before it. CUDA:
   ``max_memory_allocated``; CPU (Linux): growth of the peak resident set (``VmHWM``) after returning freed
   heap to the system (``malloc_trim``), measured in a separate, untimed run.
@@ -59,6 +62,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from svlm.bandwidth import decode_floor_share, decode_weight_bytes, read_bandwidth_gbps
 from svlm.engine.cache import cache_in, cache_out
 from svlm.engine.layout import resolve_layout, set_linear_layout
 from svlm.results import format_table
@@ -98,6 +102,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "prefill_cpu_s",
     "ttft_s",
     "decode_tok_s",
+    "decode_floor",
     "generate_s",
     "per_sample_prefill_s",
     "peak_mem_mb",
@@ -280,6 +285,8 @@ class _Runner:
     report: Any = None
     error: str | None = None
     clock: Callable[[], float] = time.perf_counter
+    weight_bytes: int | None = None  # what one decoding step reads of the model's weights
+    read_gbps: float = math.nan  # the machine's measured read bandwidth
 
     def run(self) -> Run:
         with _ForwardClock(self.model, self.device, self.clock) as clock:
@@ -604,6 +611,10 @@ def _row(runner: _Runner, reference: _Runner | None, dense_prefill_s: float) -> 
         peak_mem_mb=runner.peak_mem_mb,
         kv_cache_mb=(runs[-1].kv_bytes / 2**20) if runs and runs[-1].kv_bytes is not None else None,
     )
+    if runner.weight_bytes is not None and runs:
+        row["decode_floor"] = decode_floor_share(
+            runner.weight_bytes, runs[-1].kv_bytes, runner.read_gbps, row["decode_tok_s"], runner.batch
+        )
     if runner.report is None:  # reference rows and the PyPI package: every visual token enters every layer
         visual = _visual_counts(runner.model, runner.inputs)
         row["budget"] = sum(visual) / len(visual)
@@ -646,6 +657,7 @@ SPEED_COLUMNS = [
     ("prefill_cpu_s", "cpu_s", "{:.4f}"),
     ("ttft_s", "ttft_s", "{:.4f}"),
     ("decode_tok_s", "decode_tok/s", "{:.1f}"),
+    ("decode_floor", "mem_floor", "{:.2f}"),
     ("generate_s", "generate_s", "{:.4f}"),
     ("peak_mem_mb", "peak_MB", "{:.1f}"),
     ("kv_cache_mb", "kv_MB", "{:.2f}"),
@@ -666,6 +678,7 @@ COMPARE_COLUMNS = [
     ("prefill_s", "prefill_s", "{:.4f}"),
     ("ttft_s", "ttft_s", "{:.4f}"),
     ("decode_tok_s", "decode_tok/s", "{:.1f}"),
+    ("decode_floor", "mem_floor", "{:.2f}"),
     ("generate_s", "generate_s", "{:.4f}"),
     ("peak_mem_mb", "peak_MB", "{:.1f}"),
     ("kv_cache_mb", "kv_MB", "{:.2f}"),
@@ -899,6 +912,7 @@ def bench(
                 visual = _visual_counts(vlm, inputs[batch_size])[0]
                 kept = prompt - visual + int(min(budgets))
                 ceiling = decoder_ceiling(vlm, prompt, kept, repeats, TIMERS[timer], dev)
+            floor = _decode_floor(runners + compare_runners, repeats, TIMERS[timer], dev)
 
         for runner in runners + compare_runners:
             if runner.error is None:
@@ -933,13 +947,14 @@ def bench(
         "command": "svlm " + " ".join(sys.argv[1:]) if sys.argv and "svlm" in sys.argv[0] else None,
     }
     notes = _comparison_notes(compare_inputs, compare_runners, compare_keep, pypi_error, pypi_sdpa)
-    _print(meta, rows, comparison, targets, notes, ceiling)
+    _print(meta, rows, comparison, targets, notes, ceiling, floor)
     if output is not None:
         output = Path(output)
         result = {
             "meta": meta,
             "rows": rows,
             "decoder_ceiling": ceiling,
+            "decode_floor": floor,
             "comparison": comparison,
             "notes": notes,
             "targets": targets,
@@ -948,6 +963,36 @@ def bench(
         atomic_write_csv(output.with_suffix(".csv"), rows + comparison, columns=ROW_COLUMNS)
         print(f"results: {output.resolve()} (+ {output.with_suffix('.csv').name})")
     return rows
+
+
+def _decode_floor(
+    runners: list[_Runner], repeats: int, clock: Callable[[], float], device: torch.device
+) -> dict[str, Any]:
+    """Give every row what :func:`svlm.bandwidth.decode_floor_share` needs: its model's decode weight
+    bytes and the read bandwidth of a probe that size (measured once per size); returns the JSON's
+    ``decode_floor`` entry, per section."""
+    from svlm.adapters import adapter_for
+
+    weights: dict[int, int] = {}
+    gbps: dict[int, float] = {}
+    out: dict[str, Any] = {}
+    for runner in runners:
+        key = id(runner.model)
+        if key not in weights:
+            weights[key] = decode_weight_bytes(runner.model, adapter_for(runner.model).language_model)
+        size = weights[key]
+        if size not in gbps:
+            gbps[size] = read_bandwidth_gbps(size, max(3, repeats), clock, device)
+        runner.weight_bytes, runner.read_gbps = size, gbps[size]
+        out.setdefault(
+            runner.section,
+            {
+                "weight_bytes": size,
+                "read_gbps": gbps[size],
+                "weights_read_ms": 1e3 * size / (gbps[size] * 1e9),
+            },
+        )
+    return out
 
 
 def _rows(runners: list[_Runner], main_batch: int) -> list[dict[str, Any]]:
@@ -1180,6 +1225,7 @@ def _print(
     targets: list[dict],
     notes: list[str],
     ceiling: dict | None,
+    floor: dict | None = None,
 ) -> None:
     print(
         f"svlm bench: {meta['model']} ({meta['family']}, {meta['parameters'] / 1e6:.1f}M params, "
@@ -1204,6 +1250,12 @@ def _print(
         gemms = ", ".join(f"{n}: {ms:.2f}" for n, ms in ceiling.get("linear_ms", {}).items())
         if gemms:
             print(f"  of which its linear layers' GEMMs: {gemms}")
+    for section, f in (floor or {}).items():
+        print(
+            f"decoding ({section}): a step reads {f['weight_bytes'] / 1e6:.1f} MB of weights plus the KV "
+            f"cache; a probe that size reads at {f['read_gbps']:.1f} GB/s ({meta['num_threads']} thread(s)), "
+            f"{f['weights_read_ms']:.2f} ms for the weights. mem_floor = memory-bound step time / measured"
+        )
     if comparison:
         print("\nPyPI sparsevlm vs svlm (same Qwen2.5-VL model, same keep ratio, end-to-end generate):")
         print(format_table([r for r in comparison if "error" not in r], COMPARE_COLUMNS))

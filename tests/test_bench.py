@@ -61,7 +61,10 @@ def test_bench_writes_json_and_csv(tmp_path, capsys):
         steady_memory=False,
     )
     data = json.loads(out.read_text())
-    assert set(data) == {"meta", "rows", "decoder_ceiling", "comparison", "notes", "targets"}
+    assert set(data) == {"meta", "rows", "decoder_ceiling", "decode_floor", "comparison", "notes", "targets"}
+    floor = data["decode_floor"]["speed"]  # what a decoding step reads, and how fast this machine reads it
+    assert floor["weight_bytes"] > 0 and floor["read_gbps"] > 0
+    assert floor["weights_read_ms"] == pytest.approx(1e3 * floor["weight_bytes"] / (floor["read_gbps"] * 1e9))
     ceiling = data["decoder_ceiling"]  # the model's own decoder on 600 vs 24 + 64 tokens, no svlm
     assert (ceiling["full_tokens"], ceiling["kept_tokens"]) == (600, 88)
     assert ceiling["efficiency"] == pytest.approx(ceiling["speedup"] / ceiling["flops_speedup"])
@@ -86,6 +89,7 @@ def test_bench_writes_json_and_csv(tmp_path, capsys):
     for row in (hf, random):
         assert 0 < row["prefill_s"] <= row["ttft_s"] <= row["generate_s"]
         assert row["decode_tok_s"] > 0
+        assert 0 < row["decode_floor"] < 1  # a tiny model's step is all per-op work, not memory traffic
     assert by["random-64@b2"]["batch_size"] == 2 and by["random-64@b2"]["batch_gain"] > 0
     assert data["meta"]["num_threads"] == 1 and data["meta"]["max_new_tokens"] == 2
     assert any(t["target"].startswith("random-64: prefill speedup") for t in data["targets"])
