@@ -11,7 +11,8 @@ transformers 5.24 renamed the cache argument and output field ``past_key_values`
 transformers' ``DynamicLayer`` appends with ``torch.cat``, i.e. every decoding step copies the layer's whole
 cache. :class:`BufferedLayer` keeps spare slots behind its keys and values and writes each new token into
 them; on the 32-layer benchmark model (one CPU thread) that saved 3 ms of a ~47 ms step with 168 cached
-tokens and 12 ms with 600.
+tokens and 12 ms with 600. Like ``DynamicLayer`` it stores the prompt's keys and values as they come, so
+the prefill copies nothing; the first append moves them into the buffer.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class BufferedLayer(DynamicLayer):
 
     ``keys``/``values`` keep ``DynamicLayer``'s meaning (``[batch, heads, length, head_dim]``, the cached
     tokens only); they are strided views whose rows are contiguous, which SDPA, eager and FlashAttention
-    read as they are. Anything that replaces them (``crop`` keeps the view; ``reorder_cache``,
+    read as they are. The first update (the prompt) is stored as it comes, as ``DynamicLayer`` does, so a
+    prefill copies nothing; the first append moves it into a buffer with room for ``reserve`` tokens after
+    the prompt (``generate`` passes ``max_new_tokens``, so the cache ends exactly as large as transformers'
+    own). Anything that replaces ``keys``/``values`` (``crop`` keeps the view; ``reorder_cache``,
     ``batch_select_indices``, offloading make new tensors) is noticed at the next ``update``, which then
-    starts a new buffer. The first buffer holds the first update plus ``reserve`` slots (``generate``
-    passes ``max_new_tokens``, so the cache ends exactly as large as transformers' own); a full buffer
-    grows by a quarter (at least ``min_spare`` slots).
+    starts a new buffer; a full buffer grows by a quarter (at least ``min_spare`` slots).
     """
 
     min_spare = 16
@@ -75,6 +77,9 @@ class BufferedLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         old = self.get_seq_length()
         new = old + key_states.shape[-2]
+        if old == 0 and self._key_buffer is None:  # the prompt: kept as it is until the first append
+            self.keys, self.values = key_states, value_states
+            return self.keys, self.values
         if not self._fits(key_states, value_states, new):
             self._grow(key_states, value_states, old, new)
         self._key_buffer[..., old:new, :].copy_(key_states)
@@ -100,8 +105,10 @@ class BufferedLayer(DynamicLayer):
         return True
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, old: int, length: int) -> None:
-        first = getattr(self, "_key_buffer", None) is None and old == 0
-        capacity = length + (self.reserve if first else max(self.min_spare, length // 4))
+        if getattr(self, "_key_buffer", None) is None and self.reserve:  # the first buffer: prompt + reserve
+            capacity = max(length, old + self.reserve)
+        else:
+            capacity = length + max(self.min_spare, length // 4)
         buffers = []
         for states, cached in ((key_states, self.keys), (value_states, self.values)):
             b, h, _, d = states.shape
