@@ -505,7 +505,7 @@ def _import_pypi_sparsevlm() -> Callable[..., Any]:
     """``sparsevlm.sparsevlm_generate`` from the PyPI package.
 
     sparsevlm 0.1.3 ships a second top-level package named ``kernels``; any other ``kernels`` earlier on
-    ``sys.path`` (a ``tests/kernels`` folder under pytest, for one) would shadow it. The package's own copy
+    ``sys.path`` (an earlier ``kernels`` package) would shadow it. The package's own copy
     is imported from its install location, and whatever ``kernels`` was imported before is put back.
     """
     if "sparsevlm" not in sys.modules:
