@@ -52,6 +52,7 @@ from svlm.calibrate.params import RankSpace, default_shape, make_space
 from svlm.calibrate.schedule import save_schedule
 from svlm.calibrate.search import EvolutionSearch
 from svlm.models import load_vlm, resolve_device
+from svlm.strategies.base import parse_budget
 from svlm.strategies.sparsevlm import SparseVLM
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ class RankCalibrator(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        if not budget >= 1:
+        budget = parse_budget(budget)
+        if budget is None or budget < 1:
             raise ValueError(f"budget must be a number of visual tokens per layer (>= 1), got {budget}.")
         if not 0 <= init_adaptivity <= 1:
             raise ValueError(f"init_adaptivity must be in [0, 1], got {init_adaptivity}.")

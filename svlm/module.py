@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from svlm.engine.validation import InputError
 from svlm.models import load_vlm, resolve_device
 from svlm.results import Journal, config_hash
+from svlm.strategies.base import parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def expand_points(specs: Sequence[str | StrategyPoint | Mapping[str, Any]]) -> l
         if not budgets:
             raise ValueError(f"Strategy point {point.strategy!r} has an empty budget list.")
         for budget in budgets:
+            budget = parse_budget(budget)
             label = point.label or _label(point.strategy, budget)
             if point.label and len(budgets) > 1:
                 label = f"{point.label}-{budget:g}"

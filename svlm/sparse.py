@@ -63,8 +63,7 @@ class SparseModel:
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _attached(self) -> PruningSession:
-        self._session.reports = []
-        return self._session
+        return self._session  # entering it resets its reports (and refuses a second concurrent call)
 
     def _collect(self, session: PruningSession) -> Report | None:
         if session.reports:

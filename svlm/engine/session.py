@@ -12,14 +12,21 @@ A :class:`PruningSession` is attached for the duration of one wrapper call (a fo
   can get attention rows without the layer ever materialising an attention matrix.
 
 Each layer's KV cache then holds exactly the slots that layer saw.
+
+The hooks sit on modules other threads may be calling at the same time (the unwrapped model, another
+wrapper): each hook acts only inside the call that attached it, which :data:`ACTIVE_SESSION` (a context
+variable, so one value per thread) names for the duration of that call. Any other call passes through the
+hooks unchanged.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import Any
 
 import torch
@@ -35,9 +42,16 @@ from svlm.engine.validation import InputError
 from svlm.report import LayerDecision, Report
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
 
+#: The session of the call running in this thread (context), if any; hooks of other sessions ignore it.
+ACTIVE_SESSION: ContextVar[PruningSession | None] = ContextVar("svlm_active_session", default=None)
+
 
 class PruningSession:
-    """Hooks one strategy into one model for the duration of a ``with`` block."""
+    """Hooks one strategy into one model for the duration of a ``with`` block.
+
+    One session runs one call at a time: entering it while it runs a call (in another thread) raises
+    ``RuntimeError``. Sessions of other wrappers may run in other threads on the same model meanwhile.
+    """
 
     def __init__(
         self, model: nn.Module, adapter: Adapter, strategy: Strategy, *, seed: int | None = None
@@ -50,6 +64,8 @@ class PruningSession:
         self.seed = seed
         self.handles: list[RemovableHandle] = []
         self.reports: list[Report] = []
+        self._busy = threading.Lock()
+        self._token: Token | None = None
         self._reset()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -69,12 +85,43 @@ class PruningSession:
         self.scoring_seconds = 0.0
 
     def __enter__(self) -> PruningSession:
-        self.attach()
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"This svlm wrapper ({self.strategy!r}) is already running a call in another thread (or "
+                "this one); a wrapper runs one call at a time: make one svlm.sparsify(model, ...) per "
+                "thread (they may share the model)."
+            )
+        try:
+            self.reports = []
+            self._token = ACTIVE_SESSION.set(self)
+            self.attach()
+        except BaseException:
+            self._exit()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.detach()
-        self._release()
+        self._exit()
+
+    def _exit(self) -> None:
+        try:
+            self.detach()
+            self._release()
+            if self._token is not None:
+                ACTIVE_SESSION.reset(self._token)
+                self._token = None
+        finally:
+            self._busy.release()
+
+    def _own(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """``hook`` acting only inside this session's own call; any other call passes through unchanged."""
+
+        def guarded(*args: Any) -> Any:
+            if ACTIVE_SESSION.get() is not self:
+                return None
+            return hook(*args)
+
+        return guarded
 
     def _release(self) -> None:
         """Drop what only the call itself needed: its inputs (which hold the KV cache and the pixels), the
@@ -88,19 +135,21 @@ class PruningSession:
     def attach(self) -> None:
         if self.handles:
             return
-        model = self.model
-        self.handles.append(model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
-        self.handles.append(model.register_forward_hook(self._on_model_end, with_kwargs=True))
+        model, own = self.model, self._own
+        self.handles.append(model.register_forward_pre_hook(own(self._on_model_start), with_kwargs=True))
+        self.handles.append(model.register_forward_hook(own(self._on_model_end), with_kwargs=True))
         for idx in self.strategy.vision_attention_layers(self.adapter):
             attn = self.adapter.vision_attention(idx)
-            self.handles.append(attn.q_proj.register_forward_hook(self._vision_hook(idx, "q")))
-            self.handles.append(attn.k_proj.register_forward_hook(self._vision_hook(idx, "k")))
+            self.handles.append(attn.q_proj.register_forward_hook(own(self._vision_hook(idx, "q"))))
+            self.handles.append(attn.k_proj.register_forward_hook(own(self._vision_hook(idx, "k"))))
         for idx, layer in enumerate(self.adapter.decoder_layers):
-            self.handles.append(layer.register_forward_pre_hook(self._layer_pre_hook(idx), with_kwargs=True))
-            self.handles.append(layer.register_forward_hook(self._layer_post_hook(idx)))
+            self.handles.append(
+                layer.register_forward_pre_hook(own(self._layer_pre_hook(idx)), with_kwargs=True)
+            )
+            self.handles.append(layer.register_forward_hook(own(self._layer_post_hook(idx))))
             attn = self.adapter.attention(layer)
-            self.handles.append(attn.q_proj.register_forward_hook(self._capture_hook(idx, "q")))
-            self.handles.append(attn.k_proj.register_forward_hook(self._capture_hook(idx, "k")))
+            self.handles.append(attn.q_proj.register_forward_hook(own(self._capture_hook(idx, "q"))))
+            self.handles.append(attn.k_proj.register_forward_hook(own(self._capture_hook(idx, "k"))))
 
     def detach(self) -> None:
         for handle in self.handles:

@@ -19,6 +19,7 @@ from svlm.strategies.base import (
     Strategy,
     keep_top_visual,
     pack_merged,
+    parse_budget,
     schedule_counts,
 )
 from svlm.strategies.registry import available_strategies, build_strategy, register_strategy, strategy_class
@@ -33,6 +34,7 @@ __all__ = [
     "build_strategy",
     "keep_top_visual",
     "pack_merged",
+    "parse_budget",
     "register_strategy",
     "schedule_counts",
     "strategy_class",

@@ -15,6 +15,8 @@ Text tokens are always kept; the engine gathers the kept rows and keeps their or
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -26,6 +28,51 @@ from svlm.adapters.base import ModelInfo
 
 class BudgetError(ValueError):
     """A budget that the strategy cannot meet (too small, too large, or infeasible for the model depth)."""
+
+
+BUDGET_RULE = (
+    "a budget is a count of visual tokens per layer (a number > 1, or the int 1) or a fraction of each "
+    "sample's visual tokens in (0, 1)"
+)
+
+
+def parse_budget(value: Any) -> int | float | None:
+    """The one rule for every strategy's ``budget`` (applied by :class:`Strategy`'s constructor).
+
+    ``None`` (no budget) stays ``None``; ints >= 1 and floats > 1 are counts of visual tokens per layer;
+    floats in (0, 1) are fractions of each sample's visual tokens; a numeric string (``"64"``, ``"0.5"``) is
+    read as that number. Raises :class:`BudgetError` for a bool, a non-numeric string, NaN/inf, values
+    <= 0, and ``1.0`` (one token, or all of them? use the int 1 or the ``dense`` strategy).
+    """
+    if value is None:
+        return None
+    original = value
+    if isinstance(value, bool):
+        raise BudgetError(f"budget={value!r} is a bool; {BUDGET_RULE}.")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise BudgetError(f"budget={original!r} is not a number; {BUDGET_RULE}.") from None
+    elif not isinstance(value, numbers.Real):
+        raise BudgetError(f"budget={original!r} ({type(original).__name__}) is not a number; {BUDGET_RULE}.")
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise BudgetError(f"budget={original!r} must be > 0; {BUDGET_RULE}.")
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"budget={original!r} must be a finite number > 0; {BUDGET_RULE}.")
+    if value == 1.0:
+        raise BudgetError(
+            f"budget={original!r} is ambiguous (one token, or all of them?); {BUDGET_RULE}: write 1 for one "
+            "token, or use the `dense` strategy for all tokens."
+        )
+    return value
 
 
 @dataclass
@@ -109,7 +156,8 @@ class Strategy:
     """Base class of all pruning strategies. Subclass, implement the hooks, register with a decorator.
 
     ``budget``: the target mean number of visual tokens entering each decoder layer (e.g. 192/128/64 of
-    576). A value in (0, 1) is read as a fraction of each sample's visual tokens.
+    576). A float in (0, 1) is read as a fraction of each sample's visual tokens (at least one token must
+    remain); ``1.0``, bools and non-numbers are refused: see :func:`parse_budget`.
     """
 
     name: ClassVar[str] = ""
@@ -130,11 +178,7 @@ class Strategy:
         return True
 
     def __init__(self, budget: float | None = None) -> None:
-        if budget is not None and not budget > 0:
-            raise BudgetError(
-                f"budget must be > 0 (visual tokens per layer, or a fraction in (0, 1)); got {budget}."
-            )
-        self.budget = budget
+        self.budget = parse_budget(budget)
 
     # -- hooks ----------------------------------------------------------------------------------------
     def prune_layers(self, ctx: PrefillContext) -> Sequence[int]:
@@ -159,7 +203,15 @@ class Strategy:
         if self.budget is None:
             return n_visual
         if self.budget < 1:
-            return n_visual * self.budget
+            tokens = n_visual * self.budget
+            too_small = (tokens < 1) & (n_visual > 0)
+            if bool(too_small.any()):
+                raise BudgetError(
+                    f"budget={self.budget:g} is a fraction of the visual tokens: {self.budget:g} x "
+                    f"{int(n_visual[too_small].min())} is less than one token; use a larger fraction or a "
+                    "count of tokens."
+                )
+            return tokens
         too_big = (n_visual < self.budget) & (n_visual > 0)  # samples without an image keep their text
         if bool(too_big.any()):
             raise BudgetError(
