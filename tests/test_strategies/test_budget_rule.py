@@ -16,7 +16,16 @@ PRUNING = [name for name in svlm.available_strategies() if name != "dense"]
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, None), (64, 64), (1, 1), (96.5, 96.5), (0.5, 0.5), ("64", 64), (" 0.25 ", 0.25), ("128.0", 128.0)],
+    [
+        (None, None),
+        (64, 64),
+        (1, 1),
+        (96.5, 96.5),
+        (0.5, 0.5),
+        ("64", 64),
+        (" 0.25 ", 0.25),
+        ("128.0", 128.0),
+    ],
 )
 def test_parse_budget_accepts(value, expected):
     got = parse_budget(value)
