@@ -10,6 +10,10 @@ TORCH_INDEX_URL ?=
 # `make test-latest` empties this to test the newest releases in .venv-latest.
 CONSTRAINTS ?= constraints.txt
 
+# PyPI sparsevlm (the bench's comparison) lives in a folder of its own, never in $(VENV): see `bench`.
+SPARSEVLM_ENV ?= .venv-sparsevlm
+SPARSEVLM_SPEC ?= sparsevlm==0.1.3
+
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.svlm-installed
 
@@ -59,11 +63,20 @@ lock:
 demo: install
 	$(BIN)/svlm test --config configs/demo.yaml
 
+# PyPI sparsevlm ships a top-level `kernels` package that would overwrite Hugging Face's `kernels` (which
+# transformers imports on every model load), so it goes into $(SPARSEVLM_ENV) with --target, never into
+# $(VENV); only the bench's worker process puts that folder on sys.path (svlm/bench/pypi_worker.py).
+# --no-deps: it runs on $(VENV)'s pinned torch, transformers and numpy. An older `make bench` installed it
+# into $(VENV): the first line takes it out again and restores Hugging Face's `kernels`.
 bench: install
-	@# PyPI sparsevlm for the side-by-side run; --no-deps so it can never replace the pinned torch.
-	$(BIN)/python -m pip install --no-deps "sparsevlm==0.1.3" || echo "sparsevlm unavailable: the comparison is skipped"
-	$(BIN)/svlm bench --config configs/bench.yaml
+	@if $(BIN)/python -m pip show -q sparsevlm 2>/dev/null; then \
+	  echo "removing sparsevlm from $(VENV) (an older make bench put it there)"; \
+	  $(BIN)/python -m pip uninstall -y sparsevlm && $(BIN)/python -m pip install $(PIN) --force-reinstall --no-deps kernels; fi
+	test -f $(SPARSEVLM_ENV)/sparsevlm/__init__.py || \
+	  $(BIN)/python -m pip install --no-deps --target $(SPARSEVLM_ENV) "$(SPARSEVLM_SPEC)" || \
+	  echo "sparsevlm unavailable: the comparison is skipped"
+	$(BIN)/svlm bench --config configs/bench.yaml --compare_sparsevlm_path $(SPARSEVLM_ENV)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache $(SPARSEVLM_ENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,40 @@
+"""The issue's speed targets, computed from one run's rows."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from svlm.bench.pypi import PYPI_LABEL
+
+__all__ = ["speed_targets"]
+
+
+def _target(name: str, value: float, threshold: float, higher: bool = True) -> dict[str, Any]:
+    met = math.isfinite(value) and (value >= threshold if higher else value <= threshold)
+    return {"target": name, "value": value, "threshold": threshold, "met": bool(met)}
+
+
+def speed_targets(
+    rows: list[dict], comparison: list[dict], seconds: float, budget: float | None, main_batch: int
+) -> list[dict]:
+    """The issue's speed targets, computed from this run's rows."""
+    out = []
+    main = [r for r in rows if r.get("batch_size") == main_batch and r.get("efficiency") is not None]
+    for r in main:
+        if budget is not None and r.get("budget_target") == budget and r["strategy"] != "dense":
+            out.append(_target(f"{r['label']}: prefill speedup / FLOPs ratio >= 0.9", r["efficiency"], 0.9))
+    shares = [r["scoring_share"] for r in main if r.get("scoring_share") is not None]
+    if shares:
+        worst = max(shares)
+        out.append(_target("scoring <= 3% of dense prefill (worst row)", worst, 0.03, higher=False))
+    for r in rows:
+        if r.get("batch_gain") is not None and r["strategy"] != "hf":
+            out.append(_target(f"{r['label']}: per-sample prefill faster than batch 1", r["batch_gain"], 1.0))
+    for r in comparison:
+        if r.get("speedup_vs_pypi") is not None and r["label"] != PYPI_LABEL and r["strategy"] != "hf":
+            what = f"{r['label']}, prefill + {r['new_tokens']} new tokens"
+            out.append(_target(f"{what}: >= 3x faster than PyPI sparsevlm", r["speedup_vs_pypi"], 3.0))
+            out.append(_target(f"{what}: >= 2x faster than dense SDPA", r["generate_speedup"], 2.0))
+    out.append(_target("benchmark wall time (s) < 600", seconds, 600.0, higher=False))
+    return out
