@@ -17,7 +17,7 @@ SPARSEVLM_SPEC ?= sparsevlm==0.1.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.svlm-installed
 
-.PHONY: install test test-latest lock lint format demo bench clean
+.PHONY: install test test-latest lock lint format demo bench clean gpu-check
 
 install: $(STAMP)
 
@@ -80,3 +80,8 @@ bench: install
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache $(SPARSEVLM_ENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# On a machine with a CUDA GPU: the `gpu` test tier plus the selection-cost and kernel measurements, results
+# under $(OUT) (see scripts/gpu_check.sh). Uses the installed environment (no venv set-up).
+gpu-check:
+	OUT=$(or $(OUT),$(CURDIR)/gpu-check-out) bash scripts/gpu_check.sh

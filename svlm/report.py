@@ -62,19 +62,34 @@ class Report:
         self.decode_steps = 0
         self.scoring_seconds = 0.0  # wall time in the strategy's prepare/scoring/selection and the gathers
         self._seqs = layer_sequences
-        self._prompt_tokens = prompt_valid.sum(-1).cpu()
-        self._visual = torch.stack([s.visual_counts() for s in layer_sequences]).T.cpu()  # [b, L]
-        self._tokens = torch.stack([s.valid.sum(-1) for s in layer_sequences]).T.cpu()  # [b, L]
+        # One device-to-host copy for all counts (one sync per call, whatever the batch size or depth).
+        visual = torch.stack([s.visual_counts() for s in layer_sequences], dim=1)  # [b, L]
+        tokens = torch.stack([s.valid.sum(-1) for s in layer_sequences], dim=1)  # [b, L]
+        host = torch.cat([visual, tokens, prompt_valid.sum(-1, keepdim=True)], dim=1).cpu()
+        layers = len(layer_sequences)
+        self._visual, self._tokens = host[:, :layers], host[:, layers : 2 * layers]
+        self._prompt_tokens = host[:, -1]
         self._slots = [s.length for s in layer_sequences]
         self._dtype = layer_sequences[0].cos.dtype
         self.batch_size = int(input_ids.shape[0])
         self.prompt_length = int(input_ids.shape[1])
-        self._vision = self._vision_geometry(config, {**(inputs or {}), "input_ids": input_ids})
+        # Image geometry for the FLOPs, derived on first use (it reads input_ids on the host).
+        self._geometry_inputs = {
+            key: value
+            for key, value in (inputs or {}).items()
+            if key in ("image_sizes", "image_grid_thw", "video_grid_thw")
+        }
+        self._geometry_inputs["input_ids"] = input_ids
 
-    def _vision_geometry(self, config: Any, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    @cached_property
+    def _vision(self) -> list[dict[str, Any]]:
         from svlm import flops
 
-        return [flops.vision_kwargs(config, inputs, b) for b in range(self.batch_size)]
+        inputs = {
+            key: value.cpu() if isinstance(value, torch.Tensor) else value
+            for key, value in self._geometry_inputs.items()
+        }
+        return [flops.vision_kwargs(self.config, inputs, b) for b in range(self.batch_size)]
 
     # -- tokens ------------------------------------------------------------------------------------
     @property
@@ -100,7 +115,7 @@ class Report:
 
     @property
     def budget_output(self) -> float:
-        return float(torch.tensor(self.visual_tokens_output, dtype=torch.float).mean())
+        return float(torch.cat([self._visual[:, 1:], self._visual[:, -1:]], dim=1).float().mean())
 
     @property
     def budget_per_sample(self) -> list[float]:
@@ -114,7 +129,7 @@ class Report:
 
     def kept_mask(self, layer: int, sample: int = 0) -> torch.Tensor:
         """Bool [prompt length]: which prompt positions enter decoder ``layer``."""
-        mask = torch.zeros(self.prompt_length, dtype=torch.bool)
+        mask = torch.zeros(self.prompt_length, dtype=torch.bool, device="cpu")
         mask[self.positions(layer, sample)] = True
         return mask
 

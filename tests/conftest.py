@@ -7,6 +7,7 @@ behind). A test that must change a model builds its own with ``svlm.testing.tiny
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -59,3 +60,57 @@ def images() -> list:
 def questions() -> list[str]:
     """Two questions of different lengths, so a batch of two needs left padding."""
     return list(QUESTIONS)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a test runs: a device and a dtype, plus the tolerances that go with them."""
+
+    device: str
+    dtype: torch.dtype
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def exact_tol(self) -> float:
+        """Max abs error of kept-token logits against the masked-key oracle (and batch against alone)."""
+        return 1e-4 if not self.cuda else 1e-3
+
+    @property
+    def float32(self) -> bool:
+        return self.dtype == torch.float32
+
+
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+TARGETS = [
+    pytest.param(Target("cpu", torch.float32), id="cpu"),
+    pytest.param(Target("cuda", torch.float32), id="cuda-fp32", marks=[pytest.mark.gpu, _NO_CUDA]),
+    pytest.param(Target("cuda", torch.bfloat16), id="cuda-bf16", marks=[pytest.mark.gpu, _NO_CUDA]),
+]
+
+
+@pytest.fixture(scope="session", params=TARGETS)
+def device(request: pytest.FixtureRequest) -> Target:
+    """Parametrises a test over devices: ``cpu`` always; CUDA fp32 and bf16 (marked ``gpu``) when present."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def fp32_device(device: Target) -> Target:
+    """``device``, skipping bf16: for checks of exactness (oracle, batch equals alone)."""
+    if not device.float32:
+        pytest.skip("exactness is checked in float32")
+    return device
+
+
+@pytest.fixture(scope="session")
+def vlm(family: str, device: Target, make_tiny_vlm: Callable[..., TinyVLM]) -> TinyVLM:
+    """The default tiny model of ``family`` on ``device`` (the CPU one is ``tiny`` itself)."""
+    if not device.cuda:
+        return make_tiny_vlm(family)
+    made = make_tiny_vlm(family, dtype=device.dtype)  # its own cached copy (not ``tiny``)
+    if made.model.device.type != device.device:
+        made.model.to(device.device)
+    return made

@@ -9,6 +9,7 @@ the key head ``head // group``. :func:`rows_attention_reference` is the PyTorch 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -100,6 +101,49 @@ if triton is not None:
             tl.atomic_add(OUT + b * stride_ob + r * stride_or + offs_n, p, mask=n_mask)
 
 
+_CHOICES: dict[tuple[Any, ...], str] = {}
+
+
+def _bucket(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def auto_choice(q_rows: torch.Tensor, keys: torch.Tensor) -> str:
+    """``"triton"`` or ``"reference"``: the faster of the two for this shape, measured on first use.
+
+    Shapes are bucketed (rows and keys to the next power of two); each bucket is timed once per process
+    with CUDA events on synthetic inputs of the bucket's size, so the automatic path is never the slower
+    one by more than the timing noise. Off CUDA (or without triton) it is always the reference.
+    """
+    if not (triton_available() and q_rows.is_cuda):
+        return "reference"
+    b, h, r, d = q_rows.shape
+    kvh, n = keys.shape[1], keys.shape[2]
+    key = (q_rows.device, b, h, kvh, d, _bucket(r), _bucket(n))
+    if key not in _CHOICES:
+        _CHOICES[key] = _measure(b, h, kvh, _bucket(r), _bucket(n), d, q_rows.device)
+    return _CHOICES[key]
+
+
+def _measure(b: int, h: int, kvh: int, r: int, n: int, d: int, device: torch.device) -> str:
+    q = torch.randn(b, h, r, d, device=device)
+    k = torch.randn(b, kvh, n, d, device=device)
+    slots = torch.full((b, r), n - 1, dtype=torch.long, device=device)
+    valid = torch.ones(b, n, dtype=torch.bool, device=device)
+    times = {}
+    for name, use in (("reference", False), ("triton", True)):
+        run = functools.partial(head_mean_rows_attention, q, k, slots, valid, d**-0.5, use_triton=use)
+        run()  # compile / warm up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            run()
+        end.record()
+        end.synchronize()
+        times[name] = start.elapsed_time(end)
+    return min(times, key=times.get)
+
+
 def head_mean_rows_attention(
     q_rows: torch.Tensor,
     keys: torch.Tensor,
@@ -115,7 +159,7 @@ def head_mean_rows_attention(
     ``use_triton=True`` forces the kernel (e.g. under ``TRITON_INTERPRET=1`` on CPU tensors in tests).
     """
     if use_triton is None:
-        use_triton = triton_available() and q_rows.is_cuda
+        use_triton = auto_choice(q_rows, keys) == "triton"
     if not use_triton:
         return rows_attention_reference(q_rows, keys, row_slots, key_valid, scaling)
     if not triton_available():

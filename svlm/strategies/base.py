@@ -278,13 +278,21 @@ def schedule_counts(
         raise ValueError("schedule_counts needs at least one pruning layer.")
     if sorted(set(layers)) != layers:
         raise ValueError(f"Pruning layers must be strictly increasing; got {layers}.")
-    shape_t = torch.tensor(shape if shape is not None else [1.0] * len(layers), dtype=torch.float64)
+    # The solve runs on the host, on one copy of the per-sample numbers: one sync, however many samples
+    # and layers, and a handful of CPU operations instead of dozens of tiny GPU launches.
+    device = n_visual.device
+    host = torch.stack([n_visual.double(), budget.double().to(device)]).cpu()
+    n, b = host[0], host[1]
+    cpu = torch.device("cpu")
+    shape_t = torch.tensor(
+        shape if shape is not None else [1.0] * len(layers), dtype=torch.float64, device=cpu
+    )
     if len(shape_t) != len(layers):
         raise ValueError(f"shape has {len(shape_t)} entries for {len(layers)} pruning layers.")
-    n = n_visual.double()
-    b = budget.double()
     bounds = layers[1:] + [num_layers - 1]
-    spans = torch.tensor([hi - lo for lo, hi in zip(layers, bounds, strict=True)], dtype=torch.float64)
+    spans = torch.tensor(
+        [hi - lo for lo, hi in zip(layers, bounds, strict=True)], dtype=torch.float64, device=cpu
+    )
     full = (layers[0] + 1) * n  # tokens seen before the first pruning
     free = b * num_layers - full
     if bool(((free < spans.sum() - 1e-9) & (n > 0)).any()):
@@ -295,8 +303,8 @@ def schedule_counts(
             f"{float(minimum.max()):.1f} visual tokens per layer. Prune earlier (e.g. layer 0 or -1) or "
             "raise the budget."
         )
-    counts = torch.zeros(len(n), len(layers), dtype=torch.float64)
-    fixed = torch.zeros(len(n), len(layers), dtype=torch.bool)
+    counts = torch.zeros(len(n), len(layers), dtype=torch.float64, device=cpu)
+    fixed = torch.zeros(len(n), len(layers), dtype=torch.bool, device=cpu)
     for _ in range(len(layers) + 1):  # clamp at n_visual and re-solve for the rest
         rest = free - (counts * spans * fixed).sum(-1)
         weight = (shape_t * spans * ~fixed).sum(-1).clamp_min(1e-9)
@@ -309,4 +317,5 @@ def schedule_counts(
         counts = torch.where(over, n.unsqueeze(-1), counts)
         fixed |= over
     counts = torch.minimum(counts, n.unsqueeze(-1))
-    return torch.where(n.unsqueeze(-1) > 0, counts.round().clamp_min(1), 0).long()
+    counts = torch.where(n.unsqueeze(-1) > 0, counts.round().clamp_min(1), 0).long()
+    return counts.to(device, non_blocking=True)

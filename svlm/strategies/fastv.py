@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from svlm.strategies.base import (
@@ -47,7 +45,7 @@ class FastV(Strategy):
         if self.signal == "last":
             rows = torch.zeros_like(valid)
             last = torch.where(valid, torch.arange(valid.shape[1], device=valid.device), -1).amax(-1)
-            rows[torch.arange(valid.shape[0]), last] = True
+            rows.scatter_(1, last.unsqueeze(-1), True)
             return rows
         slots = torch.arange(valid.shape[1], device=valid.device)
         last_visual = torch.where(view.visual, slots, -1).amax(-1, keepdim=True)
@@ -56,7 +54,7 @@ class FastV(Strategy):
     def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
         n_visual = view.num_visual
         if self.budget is None:
-            keep_count = torch.tensor([math.ceil(int(n) * (1 - self.ratio)) for n in n_visual])
+            keep_count = torch.ceil(n_visual.double() * (1 - self.ratio)).long()
         else:
             counts = schedule_counts(
                 ctx.info.num_layers, [self.k - 1], ctx.num_visual, self.target_tokens(ctx)

@@ -44,7 +44,9 @@ class PyramidDrop(Strategy):
         shape = [self.ratio ** (i + 1) for i in range(len(layers))]
         if self.budget is None:
             ctx.scratch["counts"] = (
-                (ctx.num_visual.double().unsqueeze(-1) * torch.tensor(shape)).round().long()
+                (ctx.num_visual.double().unsqueeze(-1) * torch.tensor(shape, device=ctx.visual.device))
+                .round()
+                .long()
             )
         else:
             ctx.scratch["counts"] = schedule_counts(

@@ -38,8 +38,10 @@ class RandomPrune(Strategy):
         # change which tokens a sample keeps.
         candidates = view.visual & view.valid
         ordinal = (candidates.cumsum(-1) - 1).clamp_min(0)
+        # Drawn on the CPU so that a seed keeps the same tokens on every device; one small copy over.
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        table = torch.rand(int(view.visual.shape[1]), generator=generator).to(view.visual.device)
+        table = torch.rand(int(view.visual.shape[1]), generator=generator, device="cpu")
+        table = table.to(view.visual.device, non_blocking=True)
         scores = table[ordinal]
         keep = keep_top_visual(view, scores, counts[:, 0].to(view.visual.device))
         return Selection(keep=keep, info={"kept": counts[:, 0]})

@@ -52,7 +52,8 @@ def _oracle_attention(
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :kv_len].to(query.device)
     diagonal = torch.zeros(q_len, kv_len, dtype=torch.bool, device=query.device)
-    diagonal[torch.arange(q_len), torch.arange(kv_len - q_len, kv_len)] = True
+    rows = torch.arange(q_len, device=query.device)
+    diagonal[rows, rows + (kv_len - q_len)] = True
     allowed = allowed | diagonal  # rows that are hidden entirely are never compared
     scale = scaling if scaling is not None else dim**-0.5
     logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scale
@@ -88,7 +89,7 @@ def layer_key_masks(report: Any, total_length: int) -> list[torch.Tensor]:
     """Per-layer key masks [b, total_length] from a report: kept prompt tokens, plus everything after it."""
     masks = []
     for layer in range(report.info.num_layers):
-        mask = torch.ones(report.batch_size, total_length, dtype=torch.bool)
+        mask = torch.ones(report.batch_size, total_length, dtype=torch.bool, device="cpu")
         mask[:, : report.prompt_length] = False
         for b in range(report.batch_size):
             mask[b, report.positions(layer, b)] = True

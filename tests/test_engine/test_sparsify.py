@@ -29,50 +29,52 @@ def kept_logits_error(out: torch.Tensor, ref: torch.Tensor, report: svlm.Report)
 
 
 @torch.no_grad()
-def test_dense_reproduces_model(tiny, images, questions):
-    inputs = tiny.inputs(images, questions)
-    expected = tiny.model(**inputs).logits
-    got = svlm.sparsify(tiny.model, "dense")(**inputs).logits
+def test_dense_reproduces_model(vlm, images, questions):
+    inputs = vlm.inputs(images, questions)
+    expected = vlm.model(**inputs).logits
+    got = svlm.sparsify(vlm.model, "dense")(**inputs).logits
     assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("name", svlm.available_strategies())
 @torch.no_grad()
-def test_drop_only_strategies_match_masked_key_oracle(tiny, images, questions, name):
-    sparse = svlm.sparsify(tiny.model, name, **strategy_kwargs(name))
+def test_drop_only_strategies_match_masked_key_oracle(vlm, fp32_device, images, questions, name):
+    sparse = svlm.sparsify(vlm.model, name, **strategy_kwargs(name))
     if not sparse.strategy.drops_only:
         pytest.skip(f"{name} merges tokens")
-    inputs = tiny.inputs(images, questions)
+    inputs = vlm.inputs(images, questions)
     out = sparse(**inputs).logits
     report = sparse.last_report
-    ref = oracle_logits(tiny.model, inputs, report)
-    assert kept_logits_error(out, ref, report) < 1e-4
-    n_visual = float((inputs["input_ids"] == tiny.model.config.image_token_id).sum(-1).float().mean())
+    ref = oracle_logits(vlm.model, inputs, report)
+    assert kept_logits_error(out, ref, report) < fp32_device.exact_tol
+    n_visual = float((inputs["input_ids"] == vlm.model.config.image_token_id).sum(-1).float().mean())
     if name != "dense":
         assert report.budget < n_visual
 
 
 @pytest.mark.parametrize("name", ["fastv", "random", "sparsevlm"])
 @torch.no_grad()
-def test_batch_equals_samples_alone(tiny, images, questions, name):
+def test_batch_equals_samples_alone(vlm, fp32_device, images, questions, name):
     kwargs = strategy_kwargs(name)
-    batch = tiny.inputs(images, questions)
-    out = svlm.sparsify(tiny.model, name, **kwargs)
+    tol = fp32_device.exact_tol
+    batch = vlm.inputs(images, questions)
+    out = svlm.sparsify(vlm.model, name, **kwargs)
     batch_logits = out(**batch).logits[:, -1]
     batch_report = out.last_report
     for b in range(len(images)):
-        alone = tiny.inputs(images[b : b + 1], questions[b : b + 1])
-        single = svlm.sparsify(tiny.model, name, **kwargs)
+        alone = vlm.inputs(images[b : b + 1], questions[b : b + 1])
+        single = svlm.sparsify(vlm.model, name, **kwargs)
         logits = single(**alone).logits[:, -1]
-        torch.testing.assert_close(logits[0], batch_logits[b], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits[0], batch_logits[b], atol=tol, rtol=tol)
         assert single.last_report.visual_tokens[0] == batch_report.visual_tokens[b]
 
 
 @pytest.mark.parametrize("name", ["fastv", "random", "sparsevlm"])
 @torch.no_grad()
-def test_generate_matches_oracle_at_every_step(tiny, images, questions, name):
-    inputs = tiny.inputs(images, questions)
-    sparse = svlm.sparsify(tiny.model, name, **strategy_kwargs(name))
+def test_generate_matches_oracle_at_every_step(vlm, fp32_device, images, questions, name):
+    inputs = vlm.inputs(images, questions)
+    tol = fp32_device.exact_tol
+    sparse = svlm.sparsify(vlm.model, name, **strategy_kwargs(name))
     out = sparse.generate(
         **inputs,
         max_new_tokens=5,
@@ -86,16 +88,16 @@ def test_generate_matches_oracle_at_every_step(tiny, images, questions, name):
     new = out.sequences.shape[1] - prompt_len
     full = dict(inputs)
     full["input_ids"] = out.sequences
-    ones = torch.ones(len(images), new, dtype=inputs["attention_mask"].dtype)
+    ones = torch.ones(len(images), new, dtype=inputs["attention_mask"].dtype, device=out.sequences.device)
     full["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
     if "mm_token_type_ids" in full:
         full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ones)], dim=1)
-    ref = oracle_logits(tiny.model, full, report)
+    ref = oracle_logits(vlm.model, full, report)
     steps = torch.stack(out.logits, dim=1)
-    suppressed = torch.tensor(sparse.adapter.visual_token_ids())
+    suppressed = torch.tensor(sparse.adapter.visual_token_ids(), device=steps.device)
     steps[..., suppressed] = ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]][..., suppressed]
     torch.testing.assert_close(
-        steps, ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]], atol=1e-4, rtol=1e-4
+        steps, ref[:, prompt_len - 1 : prompt_len - 1 + steps.shape[1]], atol=tol, rtol=tol
     )
     assert torch.equal(
         steps.index_fill(-1, suppressed, float("-inf")).argmax(-1), out.sequences[:, prompt_len:]
@@ -121,16 +123,16 @@ def test_model_is_left_unmodified(tiny, images, questions):
 
 
 @torch.no_grad()
-def test_sampling_and_eos(tiny, images, questions):
-    inputs = tiny.inputs(images, questions)
-    sparse = svlm.sparsify(tiny.model, "fastv", budget=0.6)
+def test_sampling_and_eos(vlm, images, questions):
+    inputs = vlm.inputs(images, questions)
+    sparse = svlm.sparsify(vlm.model, "fastv", budget=0.6)
     torch.manual_seed(0)
     sampled = sparse.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=5)
     assert sampled.shape[0] == len(images)
     greedy = sparse.generate(**inputs, max_new_tokens=4, do_sample=False)
     prompt = inputs["input_ids"].shape[1]
     first = int(greedy[0, prompt])
-    pad = tiny.model.generation_config.pad_token_id
+    pad = vlm.model.generation_config.pad_token_id
     stopped = sparse.generate(
         **inputs, max_new_tokens=4, do_sample=False, eos_token_id=first, pad_token_id=pad
     )
@@ -139,14 +141,14 @@ def test_sampling_and_eos(tiny, images, questions):
 
 
 @torch.no_grad()
-def test_report_accounting(tiny, images, questions):
-    inputs = tiny.inputs(images, questions)
-    sparse = svlm.sparsify(tiny.model, "random", budget=0.5)
+def test_report_accounting(vlm, images, questions):
+    inputs = vlm.inputs(images, questions)
+    sparse = svlm.sparsify(vlm.model, "random", budget=0.5)
     sparse(**inputs)
     report = sparse.last_report
     visual = torch.tensor(report.visual_tokens, dtype=torch.float)
     assert report.budget == pytest.approx(float(visual.mean()))
-    n_visual = (tiny.model.config.image_token_id == inputs["input_ids"]).sum(-1)
+    n_visual = (vlm.model.config.image_token_id == inputs["input_ids"]).sum(-1)
     assert visual[:, 0].tolist() == [round(0.5 * int(n)) for n in n_visual]
     assert 0 < report.prefill_flops < report.dense_prefill_flops
     assert report.kv_cache_bytes < report.dense_kv_cache_bytes

@@ -13,13 +13,13 @@ BUDGET = 0.6  # a fraction of each sample's visual tokens: feasible for every st
 @pytest.mark.parametrize("name", [n for n in svlm.available_strategies() if n != "dense"])
 @pytest.mark.parametrize("batch", [1, 2])
 @torch.no_grad()
-def test_strategy_runs_and_meets_budget(tiny, images, questions, name, batch):
-    inputs = tiny.inputs(images[:batch], questions[:batch])
-    sparse = svlm.sparsify(tiny.model, name, budget=BUDGET)
+def test_strategy_runs_and_meets_budget(vlm, images, questions, name, batch):
+    inputs = vlm.inputs(images[:batch], questions[:batch])
+    sparse = svlm.sparsify(vlm.model, name, budget=BUDGET)
     logits = sparse(**inputs).logits
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits[:, -1]).all()
     report = sparse.last_report
-    n_visual = (inputs["input_ids"] == tiny.model.config.image_token_id).sum(-1).float()
+    n_visual = (inputs["input_ids"] == vlm.model.config.image_token_id).sum(-1).float()
     for b in range(batch):
         target = BUDGET * float(n_visual[b])
         assert report.budget_per_sample[b] == pytest.approx(target, rel=0.06, abs=1.5)

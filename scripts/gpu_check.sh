@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# svlm's GPU check, in one go, for a session lent a CUDA machine (about 5 minutes on an H200).
+#
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PWD && bash scripts/gpu_check.sh
+#
+# Run from the repository root. Writes under $OUT (default ./gpu-check-out), as it goes:
+#   env.txt                 versions and the device
+#   pytest-gpu.xml / .log   the `gpu` test tier (pytest -m gpu): every strategy on every family on CUDA,
+#                           fp32 and bf16; masked-key oracle and batch-equals-alone in fp32; the Triton kernel
+#   selection_cost.json/.log selection time as a share of dense prefill (7B-shaped LLaVA, bf16, batch 1 and 8,
+#                           budgets 192/128/64) and the rows-attention kernel against its reference
+# Each step has its own time limit, so a slow step still leaves the others' results.
+set -u
+OUT="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+TEST_LIMIT="${TEST_LIMIT:-170}"
+COST_LIMIT="${COST_LIMIT:-150}"
+COST_ARGS="${COST_ARGS:-}"  # e.g. "--tiny --batches 1" to try the script on a CPU
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
+  "$PY" -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
+  "$PY" -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
+  "$PY" -c "import pytest; print('pytest', pytest.__version__)" 2>&1 | tail -1
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# 1. the gpu test tier. SIGINT first so that pytest still writes its JUnit XML when it runs out of time.
+timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider \
+  --junitxml="$OUT/pytest-gpu.xml" \
+  tests/test_engine/test_sparsify.py tests/test_strategies/test_registered.py tests/test_kernels/test_rows_attention.py \
+  > "$OUT/pytest-gpu.log" 2>&1
+echo "pytest -m gpu exit code: $?" | tee -a "$OUT/pytest-gpu.log"
+tail -n 25 "$OUT/pytest-gpu.log"
+
+# 2. selection cost and the kernel comparison (JSON rewritten after every row).
+timeout -s INT -k 15 "$COST_LIMIT" "$PY" -m svlm.selection_cost --out "$OUT" $COST_ARGS > "$OUT/selection_cost.log" 2>&1
+echo "selection_cost exit code: $?" | tee -a "$OUT/selection_cost.log"
+tail -n 60 "$OUT/selection_cost.log"

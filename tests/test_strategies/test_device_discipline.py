@@ -1,0 +1,68 @@
+"""Every tensor svlm creates on the prefill/decode path gets an explicit device (so it lands next to the
+data on a GPU). Checked on CPU: every strategy (and its variants) on every family, forward, generate, the
+report and the oracle, under :class:`svlm.testing.discipline.DeviceDiscipline`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import svlm
+from svlm.testing.discipline import DeviceDiscipline
+from svlm.testing.oracle import oracle_logits
+
+VARIANTS: dict[str, list[dict]] = {
+    "fastv": [{"budget": 0.6}, {"ratio": 0.5}, {"budget": 0.6, "signal": "text"}],
+    "pyramiddrop": [{"budget": 0.6}, {}],
+    "sparsevlm": [
+        {"budget": 0.6},
+        {"preset": 192},
+        {"budget": 0.6, "recycle": True},
+        {"rank_scale": 1.0},
+        {"budget": 0.6, "gravity_correction": True, "priority_heads": 2},
+    ],
+    "visionzip": [{"budget": 0.6}, {"budget": 0.6, "contextual_share": 0.0}],
+    "random": [{"budget": 0.6}, {"budget": 0.6, "layer": 1}],
+}
+
+# strategies/sparsevlm.py is being rewritten on its own branch; its remaining factories are listed there.
+PENDING = {
+    "sparsevlm": pytest.mark.xfail(reason="sparsevlm.py: rewrite pending on branch sparsevlm", strict=False)
+}
+
+CASES = [
+    pytest.param(name, kwargs, id=f"{name}-{i}", marks=[PENDING[name]] if name in PENDING else [])
+    for name in svlm.available_strategies()
+    for i, kwargs in enumerate(VARIANTS.get(name, [{} if name == "dense" else {"budget": 0.6}]))
+]
+
+
+def exercise(vlm, inputs, name: str, kwargs: dict) -> None:
+    sparse = svlm.sparsify(vlm.model, name, **kwargs)
+    sparse(**inputs)
+    report = sparse.last_report
+    report.to_dict()
+    report.kept_mask(0, 0)
+    sparse.generate(**inputs, max_new_tokens=2, do_sample=False)
+    sparse.last_report.to_dict()
+    if sparse.strategy.drops_only:
+        oracle_logits(vlm.model, inputs, report)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CASES)
+@torch.no_grad()
+def test_no_tensor_factory_without_device(tiny, images, questions, name, kwargs):
+    inputs = tiny.inputs(images, questions)
+    with DeviceDiscipline() as mode:
+        exercise(tiny, inputs, name, kwargs)
+    mode.check()
+
+
+def test_discipline_flags_a_factory_without_device():
+    with DeviceDiscipline() as mode:
+        torch.zeros(2, device="cpu")
+        torch.tensor(torch.ones(2))  # keeps its argument's device
+    assert mode.violations == []
+    with DeviceDiscipline() as mode:
+        svlm.strategies.schedule_counts.__globals__["torch"].zeros(2)  # called from this test: not svlm
+    assert mode.violations == []
