@@ -17,7 +17,7 @@ SPARSEVLM_SPEC ?= sparsevlm==0.1.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.svlm-installed
 
-.PHONY: install test test-latest lock lint format demo bench clean gpu-check
+.PHONY: install test test-latest lock lint format demo bench clean gpu-check install-lmms test-lmms
 
 install: $(STAMP)
 
@@ -48,6 +48,29 @@ test: lint
 # The same tests against whatever PyPI serves today, in a venv of their own: upgrades are a decision.
 test-latest:
 	$(MAKE) test VENV=.venv-latest CONSTRAINTS=
+
+# lmms-eval in a venv of its own (its requirements pin torchvision, audio/video readers and API clients that
+# would replace or break the pinned torch here): lmms-eval itself with --no-deps, then only what its
+# evaluator, CLI and image tasks import. `pip install -e '.[lmms]'` installs it with all its requirements.
+LMMS_VENV ?= .venv-lmms
+LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
+LMMS_DEPS ?= accelerate loguru sacrebleu evaluate pytz tenacity
+LMMS_STAMP := $(LMMS_VENV)/.svlm-lmms-installed
+
+install-lmms: $(LMMS_STAMP)
+
+$(LMMS_STAMP): pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(LMMS_VENV)/bin/python -m pip install $(PIN) -e ".[dev]"
+	$(LMMS_VENV)/bin/python -m pip install --no-deps "$(LMMS_EVAL_SPEC)"
+	$(LMMS_VENV)/bin/python -m pip install $(PIN) $(LMMS_DEPS)
+	touch $@
+
+# The lmms tier: svlm's metrics and prompts against lmms-eval's own functions, and lmms-eval runs end to end
+# with `--model svlm` on the shipped model (tests/test_lmms/; the base suite skips them).
+test-lmms: install-lmms
+	$(LMMS_VENV)/bin/pytest tests/test_lmms
 
 # Re-resolve every dependency to its newest release and write them to constraints.txt (torch aside).
 # Run `make test` afterwards and commit constraints.txt only if it passes.

@@ -16,7 +16,14 @@ from svlm.calibrate.fidelity import Answer, fidelity
 __all__ = ["BatchResult", "PointTally", "batch_result"]
 
 #: Headline metric of each benchmark family, in the evaluator's order of preference.
-MAIN_METRICS: tuple[str, ...] = ("exact_match", "vqa_accuracy", "mc_accuracy", "pope_f1", "mme_perception")
+MAIN_METRICS: tuple[str, ...] = (
+    "exact_match",
+    "vqa_accuracy",
+    "mc_accuracy",
+    "mmbench_circular",
+    "pope_f1",
+    "mme_perception",
+)
 
 
 @dataclass

@@ -246,7 +246,14 @@ LOGGED_KEYS: frozenset[str] = frozenset(
 )
 
 #: Headline metric of each benchmark family, in order of preference (papers report POPE F1, MME perception).
-MAIN_METRICS: tuple[str, ...] = ("exact_match", "vqa_accuracy", "mc_accuracy", "pope_f1", "mme_perception")
+MAIN_METRICS: tuple[str, ...] = (
+    "exact_match",
+    "vqa_accuracy",
+    "mc_accuracy",
+    "mmbench_circular",
+    "pope_f1",
+    "mme_perception",
+)
 
 
 class VLMEvaluator(pl.LightningModule):
@@ -279,7 +286,7 @@ class VLMEvaluator(pl.LightningModule):
         latency_warmup: Run one untimed generate before the first timed batch (CUDA kernels, allocator).
         processor_kwargs: Passed to ``AutoProcessor.from_pretrained`` (e.g. ``max_pixels`` for Qwen2-VL).
         main_metric: Metric reported as ``accuracy`` (and plotted); default: the benchmark's headline metric
-            (exact_match, vqa_accuracy, mc_accuracy, pope_f1 or mme_perception).
+            (exact_match, vqa_accuracy, mc_accuracy, mmbench_circular, pope_f1 or mme_perception).
         resume: Reuse the results that an earlier ``test`` run into the same ``default_root_dir`` recorded in
             its journal (same model, data and point settings, same batches): only missing (point, batch)
             pairs are computed. Without it a test run starts a fresh journal.

@@ -109,9 +109,10 @@ def test_multiple_choice_prompts(mirrors, cache):
     mmb = load_benchmark("mmbench", mirrors["mmbench"], cache_dir=cache)
     assert mmb[0]["prompt"].startswith("Which category")  # hint "nan" is dropped
     assert mmb[1]["choices"] == ["Oil Paint", "Sketch", "Digital art"]  # option D is null
+    # lmms-eval 0.7.3's layout: "{hint} {question} There are several options:\nA. ...\n\n{instruction}"
     assert mmb[2]["prompt"] == (
-        "The image shows an outdoor scene.\nWhich category does this image belong to?\n"
-        "A. Oil Paint\nB. Sketch\nC. Digital art\nD. Photo\n" + OPTION_LETTER
+        "The image shows an outdoor scene. Which category does this image belong to? There are several "
+        "options:\nA. Oil Paint\nB. Sketch\nC. Digital art\nD. Photo\n\n" + OPTION_LETTER
     )
     assert [s["answers"][0] for s in mmb][:3] == ["A", "B", "C"] and mmb[0]["id"] == "241"
 

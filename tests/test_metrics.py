@@ -64,7 +64,8 @@ def test_vqa_accuracy_normalises_both_sides():
     assert vqa_accuracy("Two.", answers) == pytest.approx(1.0)  # 4 humans said 2 once normalised
     assert vqa_accuracy("three", answers) == pytest.approx(1.0)
     assert vqa_accuracy("The answer is 3", answers) == 0.0
-    assert vqa_accuracy("Canon", ["canon"]) == 1.0  # one reference: exact match
+    # one reference: no other human to agree with, so 0 (lmms-eval's leave-one-out, taken literally)
+    assert vqa_accuracy("Canon", ["canon"]) == 0.0
 
 
 def test_vqa_metric_accumulates_over_batches_and_categories():
@@ -79,12 +80,16 @@ def test_vqa_metric_accumulates_over_batches_and_categories():
 
 
 def test_exact_match():
-    m = ExactMatch()
-    m.update(
-        ["The Red.", "top left", "square", "Three"], [["red"], ["top-left", "upper left"], "circle", ["3"]]
-    )
+    preds, answers = ["The Red.", "top left", "square", "Three"], [["red"], ["top-left"], "circle", ["3"]]
+    m = ExactMatch(rule="vqa")  # svlm-shapes: articles, number words, hyphens normalised
+    m.update(preds, answers)
     assert m.compute().item() == pytest.approx(0.75)
+    lmms = ExactMatch()  # lmms-eval's GQA: only case and punctuation are ignored
+    assert lmms.score(preds, answers) == [0.0, 0.0, 0.0, 0.0]
+    assert lmms.score(["Red.", "TOP-LEFT"], [["red"], ["top-left"]]) == [1.0, 1.0]
     assert ExactMatch().score(["Yes"], [["no"]]) == [0.0]
+    with pytest.raises(ValueError, match=r"unknown exact-match rule 'loose'; valid: \['lmms_eval', 'vqa'\]"):
+        ExactMatch(rule="loose")
 
 
 @pytest.mark.parametrize(
@@ -99,6 +104,7 @@ def test_exact_match():
         ("Answer: (B)", ["x", "y", "z"], "B"),
         ("Sketch", ["Oil Paint", "Sketch", "Digital art"], "B"),
         ("A dog", ["cat", "dog"], "B"),  # the text of option B, not letter A
+        ("A. dog", ["cat", "dog"], "A"),  # letter A with its separator (was read as option B's text)
         ("A", ["cat", "dog"], "A"),
         ("D", ["cat", "dog"], None),  # no option D
         (
@@ -116,13 +122,17 @@ def test_extract_choice(pred, choices, letter):
 
 
 def test_multiple_choice_accuracy():
-    m = MultipleChoiceAccuracy(categories=("style",))
+    m = MultipleChoiceAccuracy(categories=("style",), rule="lenient")
     choices = [["Oil Paint", "Sketch", "Digital art"]] * 4
     preds, answers = ["B", "Sketch", "The answer is A", "C"], ["B", ["B"], ["B"], ["Digital art"]]
     m.update(preds, answers, choices=choices, categories=["style", "style", "scene", "scene"])
     out = m.compute()
     assert out["mc_accuracy"].item() == pytest.approx(0.75)  # answer text "Digital art" -> letter C
     assert out["mc_accuracy/style"].item() == 1.0
+    # lmms-eval's ScienceQA rule (the default): only "B" / "b" / "B. ..." name option B
+    assert MultipleChoiceAccuracy().score(preds, answers, choices) == [1.0, 0.0, 0.0, 1.0]
+    assert MultipleChoiceAccuracy().score(["A. dog"], ["B"], [["cat", "dog"]]) == [0.0]
+    assert MultipleChoiceAccuracy(rule="lenient").score(["A. dog"], ["B"], [["cat", "dog"]]) == [0.0]
 
 
 @pytest.mark.parametrize(
@@ -145,7 +155,7 @@ def test_pope_known_confusion_matrix():
     # ground truth yes x5: 4 answered yes (TP), 1 no (FN); ground truth no x5: 2 yes (FP), 3 no (TN)
     gts = ["yes"] * 5 + ["no"] * 5
     preds = ["Yes"] * 4 + ["No"] + ["Yes, there is."] * 2 + ["no"] * 3
-    m = POPEMetrics()
+    m = POPEMetrics(rule="first_word")  # svlm's lenient reading: "Yes, there is." is a yes
     m.update(preds, gts)
     out = {k: v.item() for k, v in m.compute().items()}
     precision, recall = 4 / 6, 4 / 5
@@ -155,16 +165,23 @@ def test_pope_known_confusion_matrix():
             "pope_precision": precision,
             "pope_recall": recall,
             "pope_f1": 2 * precision * recall / (precision + recall),
-            "pope_yes_ratio": 0.6,
+            "pope_yes_ratio": 0.5,  # ground-truth yes (lmms-eval's definition)
+            "pope_pred_yes_ratio": 0.6,  # predicted yes (POPE's bias indicator)
         }
     )
-    # an answer without yes/no is wrong and not a "yes": accuracy and recall drop, precision does not
+    # an answer without yes/no is wrong: accuracy drops; precision and recall leave it out (lmms-eval)
     m.update(["I am not sure"], [["yes"]])
     out = {k: v.item() for k, v in m.compute().items()}
     assert out["pope_accuracy"] == pytest.approx(7 / 11)
-    assert out["pope_recall"] == pytest.approx(4 / 6)
+    assert out["pope_recall"] == pytest.approx(4 / 5)
     assert out["pope_precision"] == pytest.approx(4 / 6)
     assert out["pope_yes_ratio"] == pytest.approx(6 / 11)
+    assert out["pope_pred_yes_ratio"] == pytest.approx(6 / 11)
+    # lmms-eval's reading (the default): "Yes, there is." is neither yes nor no
+    lmms = POPEMetrics()
+    lmms.update(preds, gts)
+    out = {k: v.item() for k, v in lmms.compute().items()}
+    assert out["pope_accuracy"] == pytest.approx(0.7) and out["pope_precision"] == 1.0
 
 
 def test_pope_per_category_and_bad_ground_truth():
@@ -260,13 +277,17 @@ def _oracle_batch(benchmark: str) -> tuple[list[str], dict]:
     """A two-sample batch in the DataModule format whose predictions are all right."""
     spec = get_benchmark(benchmark)
     cat = spec.categories[0] if spec.categories else None
-    if spec.metric == "mc_accuracy":
-        answers, preds, choices = [["B"], ["A"]], ["B", "(A) first"], [["first", "second"]] * 2
+    image_ids = ["i0", "i0"]
+    if spec.metric in ("mc_accuracy", "mmbench"):
+        answers, preds, choices = [["B"], ["A"]], ["B", "A. first"], [["first", "second"]] * 2
+        image_ids = [7, 1_000_007]  # MMBench: one question and its rotated copy
     elif spec.metric in ("pope", "mme"):
         answers, preds, choices = [["yes"], ["no"]], ["Yes", "No"], [None, None]
+    elif spec.metric in ("vqa_accuracy", "textvqa_accuracy"):
+        answers, preds, choices = [["red"] * 10, ["2"] * 10], ["Red", "2"], [None, None]
     else:
-        answers, preds, choices = [["red"] * 10, ["2"]], ["Red", "two"], [None, None]
-    batch = {"answers": answers, "choices": choices, "categories": [cat, cat], "image_ids": ["i0", "i0"]}
+        answers, preds, choices = [["red"], ["2"]], ["Red", "2"], [None, None]
+    batch = {"answers": answers, "choices": choices, "categories": [cat, cat], "image_ids": image_ids}
     return preds, batch
 
 
@@ -283,12 +304,24 @@ def test_metric_for_every_benchmark_scores_oracle_answers_perfectly(benchmark):
         assert out["pope_accuracy"] == 1.0 and out["pope_f1"] == 1.0 and out["pope_yes_ratio"] == 0.5
     elif kind == "mme":
         assert out["mme_total"] == 200.0  # one subtask, one image, both questions right
+    elif kind == "mmbench":
+        assert out == {"mmbench_circular": 100.0}  # x100, like lmms-eval
     else:
-        assert out[kind] == pytest.approx(1.0)
+        key = {"vqa_exact_match": "exact_match", "textvqa_accuracy": "vqa_accuracy"}.get(kind, kind)
+        assert out[key] == pytest.approx(1.0) and (kind == key or kind not in out)
 
 
 def test_metric_for_names_and_errors():
-    assert set(available_metrics()) == {"exact_match", "vqa_accuracy", "mc_accuracy", "pope", "mme"}
+    assert set(available_metrics()) == {
+        "exact_match",
+        "vqa_exact_match",
+        "vqa_accuracy",
+        "textvqa_accuracy",
+        "mc_accuracy",
+        "mmbench",
+        "pope",
+        "mme",
+    }
     assert {get_benchmark(b).metric for b in available_benchmarks()} <= set(available_metrics())
     keys = set(metric_for("shapes").keys())
     assert keys == {"exact_match"}

@@ -1,7 +1,8 @@
 """Benchmark loaders: one normaliser per benchmark maps its dataset fields onto the common `Sample` schema.
 
-Field names and prompts follow the lmms-lab Hub datasets and lmms-eval's task definitions (LLaVA-1.5
-evaluation conventions), so a local mirror of those repos (same parquet layout) loads like the Hub name.
+Field names, sources and prompts equal lmms-eval 0.7.3's task definitions (its ``lmms-lab-encoder/<X>`` Hub
+datasets and default prompts, LLaVA-1.5 conventions), so a local mirror of those repos (same parquet layout)
+loads like the Hub name and the same model sees the same prompt in svlm and in lmms-eval.
 Rows are normalised lazily in `BenchmarkDataset.__getitem__`: no `datasets.map` pass re-encodes images.
 """
 
@@ -20,7 +21,14 @@ from torch.utils.data import Dataset
 
 from svlm.data import shapes
 from svlm.data.loading import load_split
-from svlm.data.prompts import LETTERS, SHORT_ANSWER, multiple_choice_prompt, with_instruction
+from svlm.data.prompts import (
+    LETTERS,
+    SHORT_ANSWER,
+    mmbench_prompt,
+    post_prompt,
+    scienceqa_prompt,
+    with_instruction,
+)
 from svlm.data.registry import Registry
 from svlm.data.schema import DataError, EmptyDatasetError, Sample, SplitNotFoundError, make_sample
 from svlm.metrics.mme import MME_COGNITION, MME_PERCEPTION
@@ -37,8 +45,8 @@ class BenchmarkSpec:
     """How to find and read one benchmark.
 
     hub: default Hub repo; config/split: its default config and evaluation split; train_split: the split used
-    for calibration (`fit`) when none is given; metric: the `svlm.metrics` kind that scores it ("exact_match",
-    "vqa_accuracy", "mc_accuracy", "pope", "mme"); categories: known category values (per-category scores).
+    for calibration (`fit`) when none is given; metric: the `svlm.metrics` kind that scores it (one of
+    `svlm.metrics.available_metrics()`); categories: known category values (per-category scores).
     """
 
     name: str
@@ -127,6 +135,11 @@ def _missing(value: Any) -> bool:
     )
 
 
+def _nan(value: Any) -> bool:
+    """lmms-eval's test for an absent MMBench field: None, NaN or the string "nan" (an empty hint is kept)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == "nan"
+
+
 # ----------------------------------------------------------------------------------------------- normalisers
 
 
@@ -139,7 +152,7 @@ def _gqa(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         id=row["id"],
         image=image,
         question=row["question"],
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
+        prompt=post_prompt(row["question"], SHORT_ANSWER),
         answers=[row["answer"]],
         answer_type="open",
         category=types.get("structural") if isinstance(types, dict) else None,
@@ -153,7 +166,7 @@ def _pope(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         id=row.get("question_id", row.get("id", i)),
         image=row["image"],
         question=row["question"].strip(),
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
+        prompt=post_prompt(row["question"].strip(), SHORT_ANSWER),
         answers=[row["answer"].strip().lower()],
         answer_type="yesno",
         category=row.get("category"),
@@ -168,13 +181,12 @@ _MME_SUFFIX = " Please answer yes or no."
 def _mme(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
     # lmms-eval swaps MME's own " Please answer yes or no." for the short-answer instruction
     question = row["question"].strip()
+    prompt = post_prompt(question.replace(_MME_SUFFIX, ""), SHORT_ANSWER)
     return make_sample(
         id=f"{row['question_id']}#{i}",  # question_id is the image path, shared by the image's two questions
         image=row["image"],
         question=question,
-        prompt=with_instruction(
-            question.replace(_MME_SUFFIX, "").replace(_MME_SUFFIX.strip(), ""), SHORT_ANSWER
-        ),
+        prompt=prompt,
         answers=[row["answer"].strip().lower().rstrip(".")],
         answer_type="yesno",
         category=row["category"],
@@ -188,7 +200,9 @@ def _textvqa(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         id=row.get("question_id", i),
         image=row["image"],
         question=row["question"],
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
+        # lmms-eval capitalises the question (which also lower-cases the rest: "What is CocaCola?" ->
+        # "What is cocacola?")
+        prompt=post_prompt(row["question"].capitalize(), SHORT_ANSWER),
         answers=list(row.get("answers") or []),
         answer_type="open",
         category=None,
@@ -205,7 +219,7 @@ def _vqav2(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         id=row.get("question_id", i),
         image=row["image"],
         question=row["question"],
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
+        prompt=post_prompt(row["question"], SHORT_ANSWER),
         answers=answers,
         answer_type="open",
         category=row.get("answer_type"),  # "yes/no" | "number" | "other": VQAv2's own breakdown
@@ -219,12 +233,11 @@ def _scienceqa(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
     answer = int(row["answer"])
     if not 0 <= answer < len(choices):
         raise DataError(f"scienceqa_img row {i}: answer index {answer} outside {len(choices)} choices")
-    hint = None if _missing(row.get("hint")) else f"Context: {row['hint'].strip()}"
     return make_sample(
         id=row.get("id", f"scienceqa-{ds.split}-{i}"),
         image=row["image"],
         question=row["question"],
-        prompt=multiple_choice_prompt(row["question"], choices, context=hint),
+        prompt=scienceqa_prompt(row["question"], choices, row.get("hint")),
         answers=[LETTERS[answer]],
         answer_type="choice",
         choices=choices,
@@ -241,17 +254,19 @@ def _mmbench(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
         choices.append(str(row[letter]))
     if not choices:
         raise DataError(f"mmbench row {i} (index {row.get('index')!r}) has no options in columns A, B, ...")
-    hint = None if _missing(row.get("hint")) else str(row["hint"])
+    # lmms-eval lists the options A-E that have a text and leaves out a missing ("nan") hint
+    options = {k: str(row[k]) for k in LETTERS[:5] if row.get(k) and not _nan(row[k])}
+    hint = None if _nan(row.get("hint")) else row["hint"]
     return make_sample(
         id=row.get("index", i),
         image=row["image"],
         question=row["question"],
-        prompt=multiple_choice_prompt(row["question"], choices, context=hint),
+        prompt=mmbench_prompt(row["question"], options, hint),
         answers=[str(row["answer"]).strip()],
         answer_type="choice",
         choices=choices,
         category=row.get("category"),
-        image_id=row.get("index", i),
+        image_id=row.get("index", i),  # the MMBench index: circular scoring groups the rotated copies by it
         task="mmbench",
     )
 
@@ -274,41 +289,43 @@ def _shapes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
 
 for _spec in (
     BenchmarkSpec(
-        "shapes", _shapes, hub=None, split="test", metric="exact_match", train_split="train", val_split="val",
+        "shapes", _shapes, hub=None, split="test", metric="vqa_exact_match", train_split="train",
+        val_split="val",
         categories=shapes.QUESTION_TYPES, aliases=("svlm-shapes", "svlm_shapes"),
         description="synthetic grounded QA generated offline (svlm.data.shapes)",
     ),
     BenchmarkSpec(
-        "gqa", _gqa, hub="lmms-lab/GQA", config="testdev_balanced_instructions", split="testdev",
+        "gqa", _gqa, hub="lmms-lab-encoder/GQA", config="testdev_balanced_instructions", split="testdev",
         metric="exact_match", categories=GQA_STRUCTURAL, extra={"image_config": "testdev_balanced_images"},
-        description="GQA test-dev balanced, exact match",
+        description="GQA test-dev balanced, exact match (ignore case and punctuation)",
     ),
     BenchmarkSpec(
-        "pope", _pope, hub="lmms-lab/POPE", split="test", metric="pope", categories=POPE_CATEGORIES,
+        "pope", _pope, hub="lmms-lab-encoder/POPE", split="test", metric="pope", categories=POPE_CATEGORIES,
         description="POPE object hallucination (adversarial/popular/random), yes/no",
     ),
     BenchmarkSpec(
-        "mme", _mme, hub="lmms-lab/MME", split="test", metric="mme",
+        "mme", _mme, hub="lmms-lab-encoder/MME", split="test", metric="mme",
         categories=MME_PERCEPTION + MME_COGNITION,
         description="MME perception + cognition, yes/no pairs per image",
     ),
     BenchmarkSpec(
-        "textvqa", _textvqa, hub="lmms-lab/textvqa", split="validation", metric="vqa_accuracy",
-        train_split="train",
+        "textvqa", _textvqa, hub="lmms-lab-encoder/textvqa", split="validation",
+        metric="textvqa_accuracy", train_split="train",
         aliases=("text_vqa", "textvqa_val"), description="TextVQA val, VQA accuracy over 10 answers",
     ),
     BenchmarkSpec(
-        "scienceqa_img", _scienceqa, hub="lmms-lab/ScienceQA", config="ScienceQA-IMG", split="test",
+        "scienceqa_img", _scienceqa, hub="lmms-lab-encoder/ScienceQA", config="ScienceQA-IMG", split="test",
         metric="mc_accuracy", train_split="train", val_split="validation",
         aliases=("scienceqa", "sqa", "sqa_img", "scienceqa-img"),
         description="ScienceQA image subset, multiple choice",
     ),
     BenchmarkSpec(
-        "mmbench", _mmbench, hub="lmms-lab/MMBench", config="en", split="dev", metric="mc_accuracy",
-        aliases=("mmbench_en", "mmbench_en_dev"), description="MMBench-EN dev, multiple choice (letter)",
+        "mmbench", _mmbench, hub="lmms-lab-encoder/MMBench", config="en", split="dev", metric="mmbench",
+        aliases=("mmbench_en", "mmbench_en_dev"),
+        description="MMBench-EN dev, multiple choice, circular (all rotations right), x100",
     ),
     BenchmarkSpec(
-        "vqav2", _vqav2, hub="lmms-lab/VQAv2", split="validation", metric="vqa_accuracy",
+        "vqav2", _vqav2, hub="lmms-lab-encoder/VQAv2", split="validation", metric="vqa_accuracy",
         categories=VQA_ANSWER_TYPES, aliases=("vqa_v2", "vqa2", "vqav2_val"),
         description="VQAv2 val, VQA accuracy over 10 answers",
     ),
@@ -342,7 +359,8 @@ def load_benchmark(
 ) -> BenchmarkDataset:
     """Load `split` of benchmark `name` as normalised samples.
 
-    path: a Hub repo name or a local path (see `svlm.data.loading`); default: the benchmark's lmms-lab repo.
+    path: a Hub repo name or a local path (see `svlm.data.loading`); default: the Hub repo lmms-eval 0.7.3
+        reads (``lmms-lab-encoder/<X>``).
     limit: keep the first `limit` rows, or `limit` random rows when `seed` is given (the first rows of GQA or
         MME are one category, so a seeded subset is the representative one).
     image_size, num_samples, shapes_kwargs: only for "shapes" (generated, `limit` is the number of samples).

@@ -102,7 +102,7 @@ class VLMDataModule(LightningDataModule):
     Args:
         benchmark: registered benchmark name or alias ("shapes", "gqa", "pope", "mme", "textvqa",
             "scienceqa_img", "mmbench", "vqav2"); see `svlm.data.available_benchmarks()`.
-        path: Hub repo or local path of the data; default: the benchmark's lmms-lab repo (shapes: generated).
+        path: Hub repo or local path of the data; default: the repo lmms-eval 0.7.3 reads (shapes: generated).
         split: evaluation split (test/predict, and validate unless `val_split`); default: the benchmark's.
         config: dataset config (Hub subset / local sub-folder); default: the benchmark's.
         limit: use at most this many samples per split (for "shapes": how many to generate; default 500).

@@ -36,6 +36,32 @@ def multiple_choice_prompt(
     return with_instruction("\n".join(parts), instruction)
 
 
+def post_prompt(text: str, instruction: str = SHORT_ANSWER) -> str:
+    """lmms-eval's ``{question}{post_prompt}``, ``post_prompt = "\\n" + instruction``: the text as it is."""
+    return f"{text}\n{instruction}"
+
+
+def scienceqa_prompt(question: str, choices: Sequence[str], hint: str | None) -> str:
+    """lmms-eval's ScienceQA prompt: ``Context: {hint}`` (when the hint is non-empty), the question, the
+    lettered options and the option-letter instruction, one per line, texts as they are."""
+    context = f"Context: {hint}\n" if hint else ""
+    return post_prompt(f"{context}{question}\n{format_options(choices)}", OPTION_LETTER)
+
+
+MMBENCH_OPTIONS_HEADER = "There are several options:"
+
+
+def mmbench_prompt(question: str, options: dict[str, str], hint: str | None) -> str:
+    """lmms-eval's MMBench prompt: ``{hint} {question} There are several options:``, one ``A. text`` line
+    per option in `options` (letter -> text), an empty line, the option-letter instruction. No hint: the
+    line starts with the question."""
+    lines = [MMBENCH_OPTIONS_HEADER] + [f"{k}. {v}" for k, v in sorted(options.items())]
+    body = f"{question} " + "\n".join(lines)
+    if hint is not None:
+        body = f"{hint} {body}"
+    return f"{body}\n{post_prompt('', OPTION_LETTER)}"
+
+
 def build_conversation(prompt: str) -> list[dict[str, Any]]:
     """The single-turn, single-image conversation of the processor contract.
 

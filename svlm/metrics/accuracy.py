@@ -6,13 +6,32 @@ exposes `score(...)`, the per-sample values it accumulates, for prediction logs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torchmetrics import Metric
 
-from svlm.metrics.extract import extract_choice
-from svlm.metrics.normalize import normalize_answer
+from svlm.metrics.extract import extract_choice, scienceqa_letter, strip_reasoning
+from svlm.metrics.normalize import evalai_answer, normalize_answer, strip_case_punctuation
+
+#: How answers are normalised before VQA accuracy: ``vqav2`` (official VQAv2; lmms-eval's vqav2 task) or
+#: ``evalai`` (EvalAI's processor, which also drops "," and "?" and splits "'s"; lmms-eval's textvqa task).
+VQAProcessor = Literal["vqav2", "evalai"]
+_PROCESSORS: dict[str, Callable[[str], str]] = {"vqav2": normalize_answer, "evalai": evalai_answer}
+#: Exact-match rules: ``lmms_eval`` (ignore case and punctuation: lmms-eval's GQA) or ``vqa`` (svlm's: the
+#: full VQA normalisation, so "a dog" = "dog", "two" = "2", "t-shirt" = "t shirt"; svlm-shapes).
+ExactMatchRule = Literal["lmms_eval", "vqa"]
+_EXACT_RULES: dict[str, Callable[[str], str]] = {"lmms_eval": strip_case_punctuation, "vqa": normalize_answer}
+#: Multiple-choice rules: ``lmms_eval`` (lmms-eval's ScienceQA: the answer is the letter, or starts "B.") or
+#: ``lenient`` (svlm's `extract_choice`: "(B)", "The answer is B", the option's text, ...).
+ChoiceRule = Literal["lmms_eval", "lenient"]
+
+
+def _check_choice(kind: str, value: str, valid: dict | tuple) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid: {sorted(valid)}")
+
 
 AnswerLists = Sequence[Sequence[str]] | Sequence[str]
 
@@ -22,26 +41,29 @@ def as_answer_lists(answers: AnswerLists) -> list[list[str]]:
     return [[a] if isinstance(a, str) else [str(x) for x in a] for a in answers]
 
 
-def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(pred: str, answers: Sequence[str], processor: VQAProcessor = "vqav2") -> float:
     """Official VQA accuracy: mean over the leave-one-out subsets of min(#matching humans / 3, 1).
 
     With 10 human answers: 0 matches -> 0, 1 -> 0.3, 2 -> 0.6, 3 -> 0.9, >= 4 -> 1.0. Predictions and human
-    answers are both normalised (`normalize_answer`). A single answer degrades to exact match.
+    answers are both normalised by `processor` (see `VQAProcessor`). As in lmms-eval, a single reference
+    answer has no other humans to agree with and scores 0; no answers score 0.
     """
+    _check_choice("VQA processor", processor, _PROCESSORS)
     if not answers:
         return 0.0
-    p = normalize_answer(pred)
-    gts = [normalize_answer(a) for a in answers]
-    if len(gts) == 1:
-        return float(p == gts[0])
+    norm = _PROCESSORS[processor]
+    p = norm(strip_reasoning(pred))
+    gts = [norm(a) for a in answers]
     hits = sum(g == p for g in gts)
     return sum(min(1.0, (hits - (g == p)) / 3.0) for g in gts) / len(gts)
 
 
-def exact_match(pred: str, answers: Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals any normalised answer."""
-    p = normalize_answer(pred)
-    return float(any(p == normalize_answer(a) for a in answers))
+def exact_match(pred: str, answers: Sequence[str], rule: ExactMatchRule = "lmms_eval") -> float:
+    """1.0 when the prediction equals any answer once both are normalised by `rule` (see `ExactMatchRule`)."""
+    _check_choice("exact-match rule", rule, _EXACT_RULES)
+    norm = _EXACT_RULES[rule]
+    p = norm(strip_reasoning(pred))
+    return float(any(p == norm(a) for a in answers))
 
 
 class CategorizedMean(Metric):
@@ -97,13 +119,22 @@ def _check_lengths(preds: Sequence[str], answers: Sequence) -> None:
 
 
 class VQAAccuracy(CategorizedMean):
-    """VQAv2 / TextVQA accuracy (`vqa_accuracy`), with optional per-category (e.g. answer type) means."""
+    """VQAv2 / TextVQA accuracy (`vqa_accuracy` with `processor`), with optional per-category means."""
 
     name = "vqa_accuracy"
 
+    def __init__(
+        self, categories: Sequence[str] | None = None, processor: VQAProcessor = "vqav2", **kwargs
+    ) -> None:
+        _check_choice("VQA processor", processor, _PROCESSORS)
+        super().__init__(categories, **kwargs)
+        self.processor = processor
+
     def score(self, preds: Sequence[str], answers: AnswerLists) -> list[float]:
         _check_lengths(preds, answers)
-        return [vqa_accuracy(p, a) for p, a in zip(preds, as_answer_lists(answers), strict=True)]
+        return [
+            vqa_accuracy(p, a, self.processor) for p, a in zip(preds, as_answer_lists(answers), strict=True)
+        ]
 
     def update(
         self, preds: Sequence[str], answers: AnswerLists, categories: Sequence[str] | None = None
@@ -112,13 +143,20 @@ class VQAAccuracy(CategorizedMean):
 
 
 class ExactMatch(CategorizedMean):
-    """Normalised exact match against any accepted answer (GQA, svlm-shapes)."""
+    """Exact match against any accepted answer under `rule` (``lmms_eval``: GQA; ``vqa``: svlm-shapes)."""
 
     name = "exact_match"
 
+    def __init__(
+        self, categories: Sequence[str] | None = None, rule: ExactMatchRule = "lmms_eval", **kwargs
+    ) -> None:
+        _check_choice("exact-match rule", rule, _EXACT_RULES)
+        super().__init__(categories, **kwargs)
+        self.rule = rule
+
     def score(self, preds: Sequence[str], answers: AnswerLists) -> list[float]:
         _check_lengths(preds, answers)
-        return [exact_match(p, a) for p, a in zip(preds, as_answer_lists(answers), strict=True)]
+        return [exact_match(p, a, self.rule) for p, a in zip(preds, as_answer_lists(answers), strict=True)]
 
     def update(
         self, preds: Sequence[str], answers: AnswerLists, categories: Sequence[str] | None = None
@@ -127,13 +165,21 @@ class ExactMatch(CategorizedMean):
 
 
 class MultipleChoiceAccuracy(CategorizedMean):
-    """Accuracy of the option letter extracted from a free-form answer (`extract_choice`).
+    """Accuracy of the option letter read from a free-form answer under `rule` (see `ChoiceRule`; default:
+    lmms-eval's ScienceQA rule, `scienceqa_letter`).
 
     `answers` hold the correct letter ("B"); a correct option *text* is mapped to its letter via `choices`.
     An answer naming no option, or several, is wrong.
     """
 
     name = "mc_accuracy"
+
+    def __init__(
+        self, categories: Sequence[str] | None = None, rule: ChoiceRule = "lmms_eval", **kwargs
+    ) -> None:
+        _check_choice("multiple-choice rule", rule, ("lmms_eval", "lenient"))
+        super().__init__(categories, **kwargs)
+        self.rule = rule
 
     def score(
         self,
@@ -148,7 +194,10 @@ class MultipleChoiceAccuracy(CategorizedMean):
             target = a[0].strip() if a else ""
             if ch and len(target) != 1:
                 target = extract_choice(target, ch) or target
-            out.append(float(extract_choice(p, ch) == target.upper()))
+            if self.rule == "lmms_eval":
+                out.append(float(scienceqa_letter(p) == target.lower()))
+            else:
+                out.append(float(extract_choice(p, ch) == target.upper()))
         return out
 
     def update(

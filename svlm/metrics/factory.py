@@ -9,18 +9,24 @@ from typing import Any
 from torchmetrics import Metric, MetricCollection
 
 from svlm.data.registry import Registry
-from svlm.metrics.accuracy import ExactMatch, MultipleChoiceAccuracy, VQAAccuracy
+from svlm.metrics.accuracy import CategorizedMean, ExactMatch, MultipleChoiceAccuracy, VQAAccuracy
+from svlm.metrics.mmbench import MMBenchCircular
 from svlm.metrics.mme import MMEScore
 from svlm.metrics.pope import POPEMetrics
 
 MetricFactory = Callable[[Sequence[str] | None], Metric]
 
 METRICS: Registry[MetricFactory] = Registry("metric", error=ValueError)
-METRICS.register("exact_match", lambda cats: ExactMatch(categories=cats))
-METRICS.register("vqa_accuracy", lambda cats: VQAAccuracy(categories=cats), aliases=("vqa",))
+# The kinds a benchmark names (`BenchmarkSpec.metric`); each default follows lmms-eval 0.7.3's task of the
+# same benchmark. The result keys stay those of the metric class ("exact_match", "vqa_accuracy", ...).
+METRICS.register("exact_match", lambda cats: ExactMatch(categories=cats))  # GQA: ignore case + punctuation
+METRICS.register("vqa_exact_match", lambda cats: ExactMatch(categories=cats, rule="vqa"))  # svlm-shapes
+METRICS.register("vqa_accuracy", lambda cats: VQAAccuracy(categories=cats), aliases=("vqa",))  # VQAv2
+METRICS.register("textvqa_accuracy", lambda cats: VQAAccuracy(categories=cats, processor="evalai"))
 METRICS.register(
     "mc_accuracy", lambda cats: MultipleChoiceAccuracy(categories=cats), aliases=("multiple_choice",)
-)
+)  # ScienceQA-IMG
+METRICS.register("mmbench", lambda cats: MMBenchCircular(), aliases=("mmbench_circular",))
 METRICS.register("pope", lambda cats: POPEMetrics(categories=cats))
 METRICS.register("mme", lambda cats: MMEScore())
 
@@ -30,7 +36,7 @@ def available_metrics() -> list[str]:
 
 
 def build_metric(kind: str, categories: Sequence[str] | None = None) -> Metric:
-    """A metric by kind name ("exact_match", "vqa_accuracy", "mc_accuracy", "pope", "mme")."""
+    """A metric by kind name (see `available_metrics()`)."""
     return METRICS.get(kind)(categories)
 
 
@@ -45,8 +51,10 @@ def metric_for(benchmark: str, per_category: bool = True) -> MetricCollection:
 
     spec = get_benchmark(benchmark)
     metric = build_metric(spec.metric, spec.categories if per_category else None)
+    # a scalar metric reports under its own name ("exact_match" for both exact-match rules)
+    key = metric.name if isinstance(metric, CategorizedMean) else spec.metric
     # compute_groups would merge metrics whose states happen to coincide after the first batch
-    return MetricCollection({spec.metric: metric}, compute_groups=False)
+    return MetricCollection({key: metric}, compute_groups=False)
 
 
 BATCH_FIELDS = ("answers", "choices", "categories", "image_ids")

@@ -8,11 +8,12 @@ contractions restored.
 
 from __future__ import annotations
 
-import itertools
 import re
+import string
 
 # the punctuation marks the official evaluation handles (apostrophes, colons and periods are treated apart)
 PUNCTUATION: tuple[str, ...] = tuple(';/[]"{}()=+\\_->< @`,?!'.replace(" ", ""))
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
 NUMBER_WORDS: dict[str, str] = {
     "none": "0",
     "zero": "0",
@@ -29,42 +30,39 @@ NUMBER_WORDS: dict[str, str] = {
 }
 ARTICLES = frozenset({"a", "an", "the"})
 
-_THOUSANDS = re.compile(r"(\d)(,)(\d)")
+# digits on both sides of one or more commas ("1,000"): then punctuation is deleted, never spaced
+_THOUSANDS = re.compile(r"(?<=\d),+(?=\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
+# The official scripts pass re.UNICODE (= 32) where `re.sub` takes its count: only the first 32 periods go.
+_PERIOD_LIMIT = 32
 
-# Canonical contractions. Every spelling with some apostrophes left out maps back to the canonical one
-# ("dont" -> "don't", "couldntve" / "couldn'tve" -> "couldn't've"). As in the official list, a few spellings
-# that are common words without the apostrophe are not restored (its, lets, id, ill, hell, were), while
-# "well", "wed", "shed", "shell" and "hed" are.
-_CANONICAL_CONTRACTIONS = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't
-he'd he'd've he'll he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am mightn't
-mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd she'd've she's
-should've shouldn't shouldn't've she'll somebody'd somebody'd've somebody'll somebody's someone'd
-someone'd've someone'll someone's something'd something'd've something'll that's there'd there'd've
-there're there's they'd they'd've they'll they're they've 'twas wasn't we'd we'd've we'll we've weren't
-what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll
-why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're
-you've
-""".split()
-_NOT_RESTORED = frozenset({"its", "lets", "id", "ill", "hell", "were"})
-
-
-def _contraction_table() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for canonical in _CANONICAL_CONTRACTIONS:
-        slots = [i for i, ch in enumerate(canonical) if ch == "'"]
-        for keep in itertools.product((True, False), repeat=len(slots)):
-            if all(keep):
-                continue
-            drop = {s for s, k in zip(slots, keep, strict=True) if not k}
-            variant = "".join(ch for i, ch in enumerate(canonical) if i not in drop)
-            if variant not in _NOT_RESTORED:
-                table.setdefault(variant, canonical)
-    return table
-
-
-CONTRACTIONS: dict[str, str] = _contraction_table()
+# The contraction table of the official VQA evaluation as lmms-eval 0.7.3 ships it ("variant>canonical"),
+# quirks included: its capitalised keys never match (words are lower-cased first) and it maps
+# "somebody'd" to "somebodyd". Any other spelling is left as it is.
+_CONTRACTION_PAIRS = """
+aint>ain't arent>aren't cant>can't couldve>could've couldnt>couldn't couldn'tve>couldn't've
+couldnt've>couldn't've didnt>didn't doesnt>doesn't dont>don't hadnt>hadn't hadnt've>hadn't've
+hadn'tve>hadn't've hasnt>hasn't havent>haven't hed>he'd hed've>he'd've he'dve>he'd've hes>he's
+howd>how'd howll>how'll hows>how's Id've>I'd've I'dve>I'd've Im>I'm Ive>I've isnt>isn't itd>it'd
+itd've>it'd've it'dve>it'd've itll>it'll let's>let's maam>ma'am mightnt>mightn't
+mightnt've>mightn't've mightn'tve>mightn't've mightve>might've mustnt>mustn't mustve>must've
+neednt>needn't notve>not've oclock>o'clock oughtnt>oughtn't ow's'at>'ow's'at 'ows'at>'ow's'at
+'ow'sat>'ow's'at shant>shan't shed've>she'd've she'dve>she'd've she's>she's shouldve>should've
+shouldnt>shouldn't shouldnt've>shouldn't've shouldn'tve>shouldn't've somebody'd>somebodyd
+somebodyd've>somebody'd've somebody'dve>somebody'd've somebodyll>somebody'll somebodys>somebody's
+someoned>someone'd someoned've>someone'd've someone'dve>someone'd've someonell>someone'll
+someones>someone's somethingd>something'd somethingd've>something'd've something'dve>something'd've
+somethingll>something'll thats>that's thered>there'd thered've>there'd've there'dve>there'd've
+therere>there're theres>there's theyd>they'd theyd've>they'd've they'dve>they'd've theyll>they'll
+theyre>they're theyve>they've twas>'twas wasnt>wasn't wed've>we'd've we'dve>we'd've weve>we've
+werent>weren't whatll>what'll whatre>what're whats>what's whatve>what've whens>when's whered>where'd
+wheres>where's whereve>where've whod>who'd whod've>who'd've who'dve>who'd've wholl>who'll whos>who's
+whove>who've whyll>why'll whyre>why're whys>why's wont>won't wouldve>would've wouldnt>wouldn't
+wouldnt've>wouldn't've wouldn'tve>wouldn't've yall>y'all yall'll>y'all'll y'allll>y'all'll
+yall'd've>y'all'd've y'alld've>y'all'd've y'all'dve>y'all'd've youd>you'd youd've>you'd've
+you'dve>you'd've youll>you'll youre>you're youve>you've
+"""
+CONTRACTIONS: dict[str, str] = dict(pair.split(">") for pair in _CONTRACTION_PAIRS.split())
 
 
 def strip_punctuation(text: str) -> str:
@@ -76,7 +74,7 @@ def strip_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD.sub("", out)
+    return _PERIOD.sub("", out, count=_PERIOD_LIMIT)
 
 
 def normalize_words(text: str) -> str:
@@ -86,6 +84,19 @@ def normalize_words(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """Normalise a predicted or ground-truth answer the way the official VQA evaluation does."""
+    """Normalise an answer the way the official VQAv2 evaluation (and lmms-eval's vqav2 task) does."""
     text = str(text).replace("\n", " ").replace("\t", " ").strip()
     return normalize_words(strip_punctuation(text))
+
+
+def evalai_answer(text: str) -> str:
+    """EvalAI's answer processor (TextVQA; lmms-eval's textvqa task): `normalize_answer` after lower-casing,
+    deleting "," and "?" and splitting a possessive "'s" off its word ("man's" -> "man 's")."""
+    text = str(text).lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def strip_case_punctuation(text: str) -> str:
+    """Lower-case and delete every ASCII punctuation mark (lmms-eval's ``exact_match`` with ignore_case and
+    ignore_punctuation: GQA). Articles, number words and spaces are left alone."""
+    return str(text).lower().translate(_ASCII_PUNCTUATION)

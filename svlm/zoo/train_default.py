@@ -1151,7 +1151,7 @@ def evaluate(
             for t in tok.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         ]
         for r, text in zip(rows, texts, strict=True):
-            s = exact_match(text, r["answers"])
+            s = exact_match(text, r["answers"], rule="vqa")  # svlm-shapes scoring
             scores.setdefault("all", []).append(s)
             scores.setdefault(r["category"], []).append(s)
             preds.append(text)
