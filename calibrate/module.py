@@ -52,6 +52,7 @@ from svlm.calibrate.params import RankSpace, default_shape, make_space
 from svlm.calibrate.schedule import save_schedule
 from svlm.calibrate.search import EvolutionSearch
 from svlm.models import load_vlm, resolve_device
+from svlm.module import check_load_options, check_model_name
 from svlm.strategies.base import parse_budget
 from svlm.strategies.sparsevlm import SparseVLM
 
@@ -132,6 +133,8 @@ class RankCalibrator(pl.LightningModule):
             raise ValueError(f"margin must be in [0, 0.5), got {margin}.")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        check_model_name(model)
+        check_load_options(dtype, attn_implementation)
         self.model_name = model
         self.budget = float(budget)
         self.objective = check_objective(objective)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -15,7 +16,47 @@ from svlm.results import POINT_COLUMNS, atomic_open, atomic_write_csv, atomic_wr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TradeoffCurve", "pareto_front", "plot_tradeoff"]
+__all__ = ["PLOT_METRICS", "TradeoffCurve", "check_metric", "pareto_front", "plot_tradeoff"]
+
+#: Point keys a trade-off can plot besides ``metric/<name>`` and ``relative/<name>`` (every metric the
+#: benchmark computes, e.g. ``metric/pope_f1``); ``kl``/``cosine`` are the calibration points' fidelity.
+PLOT_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "relative_accuracy",
+    "budget",
+    "budget_output",
+    "visual_tokens",
+    "prefill_flops",
+    "prefill_tflops",
+    "flops_ratio",
+    "kv_cache_bytes",
+    "prefill_latency_s",
+    "generate_latency_s",
+    "kl",
+    "cosine",
+)
+METRIC_PREFIXES: tuple[str, ...] = ("metric/", "relative/")
+
+
+def check_metric(metric: str, available: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` naming the valid keys unless ``metric`` can be plotted.
+
+    Without ``available`` (before any point exists) ``metric`` must be one of :data:`PLOT_METRICS` or start
+    with ``metric/`` or ``relative/``; with it (the numeric keys of the computed points), it must be one of
+    them.
+    """
+    if available is None:
+        if metric in PLOT_METRICS or (metric.startswith(METRIC_PREFIXES) and metric not in METRIC_PREFIXES):
+            return
+        valid = [*PLOT_METRICS, "metric/<name>", "relative/<name>"]
+        candidates: Sequence[str] = PLOT_METRICS
+    else:
+        if metric in available:
+            return
+        valid = candidates = sorted(available)
+    close = difflib.get_close_matches(metric, candidates, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown trade-off metric {metric!r}.{hint} Valid metrics: {', '.join(valid)}.")
 
 
 def _finite(value: Any) -> bool:
@@ -160,7 +201,10 @@ class TradeoffCurve(Callback):
         dirpath: Folder for the files. Defaults to the trainer's ``default_root_dir`` (e.g. ``results/demo``).
         filename: Stem of the files (``<filename>.csv``, ``.json``, ``.png``).
         metric: Point key plotted on the y axis and used for the Pareto front. Defaults to ``"accuracy"``,
-            which the evaluator fills with the benchmark's main metric.
+            which the evaluator fills with the benchmark's main metric; one of :data:`PLOT_METRICS`, or
+            ``metric/<name>`` / ``relative/<name>`` for any metric of the benchmark (the columns of
+            ``tradeoff.csv``). An unknown name fails at once; a ``metric/`` name the benchmark does not
+            compute fails once the points exist, after the CSV and JSON are written.
         plot: Whether to save the PNG (needs matplotlib).
     """
 
@@ -171,6 +215,7 @@ class TradeoffCurve(Callback):
         metric: str = "accuracy",
         plot: bool = True,
     ) -> None:
+        check_metric(metric)
         self.dirpath = dirpath
         self.filename = filename
         self.metric = metric
@@ -211,6 +256,10 @@ class TradeoffCurve(Callback):
                 },
             ),
         }
+        numeric = [
+            k for k in dict.fromkeys(k for p in points for k in p) if any(_finite(p.get(k)) for p in points)
+        ]
+        check_metric(self.metric, numeric)  # after the tables: the evaluation is not lost
         if self.plot:
             main = points[0].get("main_metric")
             label = f"{self.metric} ({main})" if main and self.metric == "accuracy" else self.metric

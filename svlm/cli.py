@@ -16,6 +16,7 @@ import importlib
 import inspect
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,8 @@ __all__ = ["SVLMCLI", "bench", "format_points", "main", "parse_config", "strateg
 
 HELPERS_HELP = (
     "Helpers: `svlm strategies` lists the registered pruning strategies; `svlm bench --help` measures "
-    "latency and FLOPs of strategies on synthetic inputs."
+    "latency and FLOPs of strategies on synthetic inputs. `--import MODULE` (any subcommand, repeatable) "
+    "imports a module of yours that registers strategies; modules of the current folder import as they are."
 )
 
 
@@ -74,6 +76,7 @@ class SVLMCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("description", f"svlm: training-free visual-token pruning. {HELPERS_HELP}")
+        parser_kwargs.setdefault("prog", "svlm")  # not `__main__.py` under `python -m svlm`
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -106,12 +109,21 @@ class SVLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        try:
-            validate_points(config)
-        except ValueError as err:
-            if self.parse_only:
-                raise
-            self._parser(self.subcommand).error(f"model.strategies: {err}")  # usage + message, exit 2
+        from svlm.callbacks import TradeoffCurve
+
+        sections = {"model": self._model_class, "data": self._datamodule_class, "tradeoff": TradeoffCurve}
+        checks: list[tuple[str, Callable[[], None]]] = [
+            ("", lambda: check_empty_values(config, sections)),
+            ("model.strategies: ", lambda: validate_points(config)),
+            ("tradeoff.metric: ", lambda: check_tradeoff_metric(config)),
+        ]
+        for prefix, check in checks:
+            try:
+                check()
+            except ValueError as err:
+                if self.parse_only:
+                    raise
+                self._parser(self.subcommand).error(f"{prefix}{err}")  # usage + message, exit 2
 
     def instantiate_classes(self) -> None:
         if not self.parse_only:
@@ -143,6 +155,48 @@ def validate_points(config: Any) -> None:
     specs = model.get("strategies") if model is not None else None
     for point in expand_points([_plain(s) for s in specs or []]):
         build_point_strategy(point)
+
+
+def _allows_none(annotation: Any) -> bool:
+    """Whether a parameter annotation admits ``None`` (``Any``, ``X | None``, ``Optional[X]``)."""
+    if annotation is Any or annotation is None or annotation is type(None):
+        return True
+    return type(None) in typing.get_args(annotation) or any(
+        _allows_none(a) for a in typing.get_args(annotation)
+    )
+
+
+def check_empty_values(config: Any, sections: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for a setting left empty (``max_new_tokens:`` in YAML is ``null``) whose parameter
+    does not accept ``None``; ``sections`` maps config sections to the classes they configure."""
+    for section, cls in sections.items():
+        values = config.get(section) if hasattr(config, "get") else None
+        if values is None or not hasattr(values, "get"):
+            continue
+        init = cls.__init__
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # unresolvable annotations: nothing to check against
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if name not in hints or values.get(name, param.default) is not None or _allows_none(hints[name]):
+                continue
+            default = "" if param.default is inspect.Parameter.empty else f" (default: {param.default!r})"
+            kind = getattr(hints[name], "__name__", str(hints[name]))
+            raise ValueError(
+                f"{section}.{name} is empty (null); give it a value of type {kind}{default} "
+                "or remove the key."
+            )
+
+
+def check_tradeoff_metric(config: Any) -> None:
+    """The trade-off metric must be one the points can hold (:func:`svlm.callbacks.tradeoff.check_metric`)."""
+    from svlm.callbacks.tradeoff import check_metric
+
+    tradeoff = config.get("tradeoff") if hasattr(config, "get") else None
+    metric = tradeoff.get("metric") if tradeoff is not None and hasattr(tradeoff, "get") else None
+    if isinstance(metric, str):
+        check_metric(metric)
 
 
 def _is_bench_config(data: Any) -> bool:
@@ -259,6 +313,28 @@ def is_user_error(err: BaseException) -> bool:
     return module == "svlm" or module.startswith("svlm.")
 
 
+IMPORT_OPTION = "--import"
+
+
+def pop_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--import MODULE`` / ``--import=MODULE`` (anywhere, repeatable) off the arguments: the modules
+    to import before parsing, so that the strategies they register are known to every subcommand."""
+    rest: list[str] = []
+    modules: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == IMPORT_OPTION:
+            value = next(it, None)
+            if value is None or value.startswith("-"):
+                raise ValueError(f"{IMPORT_OPTION} needs a module name (e.g. mypkg.strategies).")
+            modules.append(value)
+        elif arg.startswith(IMPORT_OPTION + "="):
+            modules.append(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+    return rest, modules
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of the ``svlm`` console script and ``python -m svlm``.
 
@@ -267,14 +343,23 @@ def main(args: Sequence[str] | None = None) -> int:
     """
     from jsonargparse import ArgumentError
 
-    argv = list(sys.argv[1:] if args is None else args)
+    from svlm.plugins import add_cwd_to_path, import_modules
+
+    try:
+        argv, modules = pop_imports(list(sys.argv[1:] if args is None else args))
+    except ValueError as err:
+        print(f"svlm: error: {err}", file=sys.stderr)
+        return 2
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself
     command = f"svlm {argv[0]}" if argv and not argv[0].startswith("-") else "svlm"
     try:
+        add_cwd_to_path()
+        import_modules(modules)
         if argv and argv[0] in HELPERS:
             return HELPERS[argv[0]](argv[1:])
         quiet = {"exit_on_error": False}  # errors come back here instead of printing the whole usage
         parser_kwargs: dict[str, Any] = {**quiet, **{sub: dict(quiet) for sub in SVLMCLI.subcommands()}}
-        # None: LightningCLI reads sys.argv itself
         SVLMCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
     except ArgumentError as err:
         if os.environ.get("SVLM_TRACEBACK"):

@@ -14,7 +14,16 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAMILIES", "LoadedVLM", "family_of", "load_vlm", "resolve_device", "resolve_dtype", "zoo_path"]
+__all__ = [
+    "FAMILIES",
+    "LoadedVLM",
+    "check_local_path",
+    "family_of",
+    "load_vlm",
+    "resolve_device",
+    "resolve_dtype",
+    "zoo_path",
+]
 
 #: ``config.model_type`` -> svlm family name, for the families svlm has adapters for.
 FAMILIES: dict[str, str] = {
@@ -91,6 +100,27 @@ def zoo_path(name: str) -> str:
     return str(path)
 
 
+def _is_path_like(name: str) -> bool:
+    """A name that can only mean a local folder: absolute, starting with ``.`` or ``~``, holding a backslash,
+    or with more than the one ``/`` of a hub id (``org/name``)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_local_path(name: str) -> None:
+    """Fail at once on a local model path that does not exist or is a file (instead of a slow, failing hub
+    lookup): hub ids (``org/name``) and existing folders pass."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return
+    if os.path.exists(expanded) and ("/" in name or _is_path_like(name)):
+        raise ValueError(f"{name!r} is a file; pass the model folder (with config.json) instead.")
+    if _is_path_like(name):
+        raise ValueError(
+            f"Model folder {name!r} does not exist. Give an existing folder saved with save_pretrained, a "
+            "Hugging Face hub id ('org/name'), zoo:<name> or tiny:<family>."
+        )
+
+
 def _parse_tiny(spec: str) -> tuple[str, dict[str, Any]]:
     """``"tiny:llava?num_layers=4&hidden_size=64"`` -> ``("llava", {"num_layers": 4, "hidden_size": 64})``."""
     family, _, query = spec[len(TINY_PREFIX) :].partition("?")
@@ -163,8 +193,8 @@ def load_vlm(
     if name_or_path.startswith(ZOO_PREFIX):
         name_or_path = zoo_path(name_or_path[len(ZOO_PREFIX) :])
 
-    if not os.path.isdir(name_or_path) and os.path.sep in name_or_path and os.path.exists(name_or_path):
-        raise ValueError(f"{name_or_path!r} is a file; pass the model folder (with config.json) instead.")
+    check_local_path(name_or_path)
+    name_or_path = os.path.expanduser(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
     family = family_of(config)
     kwargs = dict(from_pretrained_kwargs)

@@ -27,7 +27,7 @@ from svlm.strategies.base import parse_budget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StrategyPoint", "VLMEvaluator", "check_model_name", "expand_points"]
+__all__ = ["StrategyPoint", "VLMEvaluator", "check_load_options", "check_model_name", "expand_points"]
 
 #: Data-module settings that do not change a batch's results (batch composition is keyed by sample ids).
 VOLATILE_DATA_KEYS: frozenset[str] = frozenset(
@@ -75,7 +75,13 @@ def _as_point(spec: str | StrategyPoint | Mapping[str, Any]) -> StrategyPoint:
 
 
 def _label(strategy: str, budget: float | None) -> str:
-    name = strategy.rpartition(".")[2] if "." in strategy else strategy
+    """``<name>-<budget>``: a class path is labelled with the name its class is registered under (a user's
+    ``@register_strategy("l2norm")`` class ``L2Norm`` is ``l2norm-192``), else with the class name."""
+    name = strategy
+    if "." in strategy:
+        from svlm.strategies.registry import registered_name
+
+        name = registered_name(strategy) or strategy.rpartition(".")[2]
     return name if budget is None else f"{name}-{budget:g}"
 
 
@@ -117,9 +123,9 @@ def build_point_strategy(point: StrategyPoint) -> Any:
 
 def check_model_name(name: str) -> None:
     """Fail fast, before any data or weights load, on a model svlm cannot run (unknown ``tiny:`` family,
-    missing ``zoo:`` model, local folder of an unsupported model type). Hub ids are checked when loading,
-    from their config, before the weights."""
-    from svlm.models import TINY_PREFIX, ZOO_PREFIX, family_of, zoo_path
+    missing ``zoo:`` model, missing local folder, local folder of an unsupported model type). Hub ids are
+    checked when loading, from their config, before the weights."""
+    from svlm.models import TINY_PREFIX, ZOO_PREFIX, check_local_path, family_of, zoo_path
 
     if name.startswith(TINY_PREFIX):
         from svlm.testing import FAMILIES as TINY_FAMILIES
@@ -128,13 +134,28 @@ def check_model_name(name: str) -> None:
         if family not in TINY_FAMILIES:
             raise ValueError(f"Unknown tiny model family {family!r}. Valid: {', '.join(TINY_FAMILIES)}.")
         return
-    path = Path(zoo_path(name[len(ZOO_PREFIX) :]) if name.startswith(ZOO_PREFIX) else name)
+    if not name.startswith(ZOO_PREFIX):
+        check_local_path(name)
+    path = Path(zoo_path(name[len(ZOO_PREFIX) :]) if name.startswith(ZOO_PREFIX) else name).expanduser()
     if (path / "config.json").is_file():
         try:
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
         except (ValueError, AttributeError) as err:
             raise ValueError(f"{str(path / 'config.json')!r} is not a valid model config: {err}") from err
         family_of(SimpleNamespace(model_type=model_type))
+
+
+def check_load_options(dtype: str, attn_implementation: str | None) -> None:
+    """Fail before anything loads on a dtype name or attention implementation svlm cannot use."""
+    from svlm.engine.masks import SUPPORTED_IMPLEMENTATIONS
+    from svlm.models import resolve_dtype
+
+    resolve_dtype(dtype)
+    if attn_implementation is not None and attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown attn_implementation {attn_implementation!r}. svlm supports: "
+            f"{', '.join(SUPPORTED_IMPLEMENTATIONS)}."
+        )
 
 
 def _file_digests(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -321,6 +342,7 @@ class VLMEvaluator(pl.LightningModule):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         check_model_name(model)
+        check_load_options(dtype, attn_implementation)
         self.save_hyperparameters()
         self.model_name = model
         self.dtype_name = dtype

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +62,18 @@ POINT_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create a new temporary file next to ``path`` with the permissions of a plain ``open`` (0666 less the
+    umask; ``tempfile.mkstemp`` would give 0600, and ``os.replace`` keeps the temporary file's mode)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a temporary file next to {path}.")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to ``path``: a clean exit moves it onto ``path``, an error deletes it.
@@ -72,7 +84,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding, newline=None) as f:
             yield f

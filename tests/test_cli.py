@@ -110,3 +110,4 @@ def test_python_dash_m_svlm():
     )
     assert proc.returncode == 0, proc.stderr
     assert "test" in proc.stdout and "svlm strategies" in proc.stdout
+    assert proc.stdout.startswith("usage: svlm ")  # not `__main__.py`

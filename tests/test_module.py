@@ -39,7 +39,7 @@ def test_expand_points_labels_and_budget_lists():
             StrategyPoint("sparsevlm", [128], label="svlm"),
         ]
     )
-    assert [p.label for p in points] == ["dense", "fastv-192", "fastv-64", "rnd", "RandomPrune-32", "svlm"]
+    assert [p.label for p in points] == ["dense", "fastv-192", "fastv-64", "rnd", "random-32", "svlm"]
     assert points[1].budget == 192 and points[4].kwargs == {"seed": 3}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from svlm.testing import random_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
+ROOT = Path(__file__).resolve().parents[1]
 LATENCY = ("prefill_latency_s", "generate_latency_s")
 SWEEP = ["dense", {"strategy": "random", "budget": [64, 16]}]
 
@@ -112,6 +114,51 @@ def test_too_few_batches_for_the_processes():
     dm.trainer = type("T", (), {"world_size": 4, "global_rank": 0})()
     with pytest.raises(svlm.data.DataError, match=r"3 samples .* make 2 batch\(es\), fewer than the 4 proc"):
         dm.test_dataloader()
+
+
+def test_settings_fail_at_once_naming_the_valid_values(tmp_path, capsys):
+    """Typos and empty values that used to be accepted silently or end in a traceback (issue 28)."""
+    config = str(_config(tmp_path))
+    err = _fails(capsys, ["test", "--config", config, "--tradeoff.metric", "acuracy"], 2, "'acuracy'")
+    assert "Did you mean 'accuracy'? Valid metrics: accuracy, relative_accuracy" in err
+    _fails(capsys, ["test", "--config", config, "--model.dtype", "flaot32"], 1, "Unknown dtype 'flaot32'")
+    _fails(capsys, ["test", "--config", config, "--model.attn_implementation", "sdpaa"], 1, "'sdpaa'")
+    for subcommand, yaml_config in [("test", config), ("fit", str(ROOT / "configs" / "calib.yaml"))]:
+        start = time.perf_counter()
+        args = [subcommand, "--config", yaml_config, "--model.model", str(tmp_path / "does_not_exist")]
+        _fails(capsys, args, 1, f"Model folder '{tmp_path / 'does_not_exist'}' does not exist")
+        assert time.perf_counter() - start < 20  # no hub lookup (it took ~29 s)
+    assert not (tmp_path / "run" / "tradeoff.csv").exists()
+
+
+@pytest.mark.parametrize("key", ["max_new_tokens", "cpu_threads_and_batch_size"])
+def test_empty_yaml_values_are_named(tmp_path, capsys, key):
+    text = _config(tmp_path).read_text()
+    if key == "max_new_tokens":
+        broken, message = (
+            text.replace("max_new_tokens: 2", "max_new_tokens:"),
+            "model.max_new_tokens is empty",
+        )
+    else:  # cpu_threads may be null (torch's default); batch_size may not
+        broken = text.replace("batch_size: 2", "batch_size:").replace(
+            "model: tiny:llava", "cpu_threads:\n  model: tiny:llava"
+        )
+        message = "data.batch_size is empty (null); give it a value of type int (default: 8)"
+    path = tmp_path / "empty.yaml"
+    path.write_text(broken)
+    assert yaml.safe_load(broken) != yaml.safe_load(text)
+    _fails(capsys, ["test", "--config", str(path)], 2, message)
+
+
+def test_plotted_metric_missing_from_the_points_fails_after_the_tables(tmp_path, capsys):
+    """A `metric/<name>` the benchmark does not compute is only known once the points exist: the tables are
+    written first, then the run fails naming the metrics it has."""
+    config = str(_config(tmp_path, model={"strategies": ["dense"]}, data={"limit": 2}))
+    err = _fails(
+        capsys, ["test", "--config", config, "--tradeoff.metric", "metric/vqa_acc"], 1, "'metric/vqa_acc'"
+    )
+    assert "metric/exact_match" in err
+    assert (tmp_path / "run" / "tradeoff.csv").exists()
 
 
 def test_malformed_config_and_schedule_files(tmp_path, capsys):

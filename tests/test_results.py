@@ -1,6 +1,8 @@
 import csv
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -21,6 +23,20 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_respects_the_umask(tmp_path, umask):
+    """Result files get the mode a plain open() gives (0644 under umask 022), not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        text = atomic_write_text(tmp_path / "t.txt", "x")
+        with atomic_open(tmp_path / "b.png", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    for path in (text, tmp_path / "b.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
 def test_atomic_open_keeps_old_file_on_error(tmp_path):

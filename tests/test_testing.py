@@ -257,3 +257,34 @@ def test_processor_save_and_reload(family, make_tiny_vlm, images, questions, tmp
     assert expected.keys() == got.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key])
+
+
+def test_assert_matches_oracle_compares_kept_positions_only(make_tiny_vlm, images, questions):
+    """The helper a strategy author calls: passes for a correct drop-only strategy although the full logit
+    tensors differ (pruned positions have no output), fails naming the sample when a kept position differs,
+    and refuses merging strategies."""
+    import svlm
+    from svlm.testing import assert_matches_oracle, oracle_logits
+
+    tiny = make_tiny_vlm("llava")
+    inputs = tiny.inputs(images, questions)
+    sparse = svlm.sparsify(tiny.model, "fastv", budget=0.6)
+    report = assert_matches_oracle(tiny.model, inputs, sparse)
+    with torch.no_grad():
+        full = (sparse(**inputs).logits - oracle_logits(tiny.model, inputs, report)).abs().max()
+    assert full > 1.0  # what comparing everything gives: the helper is needed
+
+    class Broken:  # a pruned run whose logits are off at one kept position of sample 1
+        strategy, last_report = sparse.strategy, None
+
+        def __call__(self, **kw):
+            out = sparse(**kw)
+            self.last_report = sparse.last_report
+            last = self.last_report.info.num_layers - 1
+            out.logits[1, self.last_report.positions(last, 1)[-1]] += 0.1
+            return out
+
+    with pytest.raises(AssertionError, match=r"Sample 1: pruned logits differ .* at 1 of \d+ kept positions"):
+        assert_matches_oracle(tiny.model, inputs, Broken())
+    with pytest.raises(ValueError, match="merges tokens"):
+        assert_matches_oracle(tiny.model, inputs, svlm.sparsify(tiny.model, "visionzip", budget=0.5))

@@ -103,25 +103,46 @@ class PrefillContext:
 
 @dataclass
 class LayerView:
-    """The sequence leaving a pruning layer, as the strategy sees it.
+    """The sequence leaving a pruning layer, as :meth:`Strategy.attention_rows` and :meth:`Strategy.select`
+    see it.
 
-    All tensors are per slot of the current (possibly already pruned, left-padded) sequence.
-    ``attention`` holds softmax probabilities [b, heads, rows, n] of the requested rows only (heads = 1,
-    the head mean, unless the strategy's ``needs_head_attention`` is True).
+    Tensors are indexed by *slot*: position ``j`` of the current sequence of sample ``b``, which after earlier
+    pruning is shorter than the prompt and left-padded (padding slots first, ``valid`` False). A slot's place
+    in the original prompt is ``origin[b, j]``. Everything lives on the model's device.
+
+    Attributes:
+        layer: Decoder layer whose output this is (``-1``: the language model's input embeddings, for
+            strategies that prune before the LLM).
+        hidden: ``[b, n, d]`` hidden states leaving ``layer`` (the model's dtype); kept rows go on unchanged.
+        visual: ``[b, n]`` bool, True at visual (image) tokens; merged tokens inserted earlier are visual.
+        valid: ``[b, n]`` bool, False at padding slots (per sample, since samples keep different numbers).
+            Visual candidates are ``visual & valid``.
+        origin: ``[b, n]`` long, the slot's index in the original prompt (what ``Report.positions`` returns);
+            ``-1`` for padding slots and merged tokens.
+        attention: ``[b, h, r, n]`` float32 softmax probabilities of the rows requested by
+            :meth:`Strategy.attention_rows` against all ``n`` slots (keys), computed from this layer's own
+            q/k; ``h`` is 1 (the head mean) unless the strategy's ``needs_head_attention`` is True. ``None``
+            when no rows were requested.
+        rows: ``[b, r]`` long, the slot of each attention row (rows are packed per sample, ``rows_valid``
+            marks the real ones).
+        rows_valid: ``[b, r]`` bool, False for filler rows of samples with fewer requested rows.
+        recompute: ``recompute(q=None, k=None)`` recomputes ``attention`` for the same rows with replaced
+            query/key projections (broadcast to the captured ones), e.g. SparseVLM+'s position prior.
     """
 
     layer: int
-    hidden: torch.Tensor  # [b, n, d]
-    visual: torch.Tensor  # [b, n] bool
-    valid: torch.Tensor  # [b, n] bool
-    origin: torch.Tensor  # [b, n] index in the prompt (-1 for padding slots and merged tokens)
-    attention: torch.Tensor | None = None  # [b, h, r, n] float32
-    rows: torch.Tensor | None = None  # [b, r] slot index of each attention row
-    rows_valid: torch.Tensor | None = None  # [b, r] bool
-    recompute: Callable[..., torch.Tensor] | None = None  # (q=None, k=None) -> rows attention, same rows
+    hidden: torch.Tensor
+    visual: torch.Tensor
+    valid: torch.Tensor
+    origin: torch.Tensor
+    attention: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    rows_valid: torch.Tensor | None = None
+    recompute: Callable[..., torch.Tensor] | None = None
 
     @property
     def num_visual(self) -> torch.Tensor:
+        """[b] visual tokens of each sample entering the next layer if nothing is pruned here."""
         return (self.visual & self.valid).sum(-1)
 
     def visual_scores(self) -> torch.Tensor:

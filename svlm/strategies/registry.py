@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from svlm.registry import Registry, _import_path
+from svlm.registry import Registry, UnknownNameError, _import_path
 from svlm.strategies.base import Strategy
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -25,19 +25,48 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return decorator
 
 
+def _load_plugins() -> None:
+    from svlm.plugins import load_entry_points
+
+    load_entry_points()
+
+
 def available_strategies() -> list[str]:
-    """Names of all registered strategies."""
+    """Names of all registered strategies (the ``svlm.strategies`` entry-point plug-ins included)."""
+    _load_plugins()
     return STRATEGIES.names()
 
 
 def strategy_class(name_or_path: str) -> type[Strategy]:
-    """The class registered as ``name_or_path``, or imported from a ``package.module.Class`` path."""
+    """The class registered as ``name_or_path``, or imported from a ``package.module.Class`` path.
+
+    A name not registered yet loads the ``svlm.strategies`` entry-point plug-ins first (see
+    :mod:`svlm.plugins`)."""
+    if name_or_path not in STRATEGIES:
+        _load_plugins()
     if name_or_path in STRATEGIES or "." not in name_or_path:
-        return STRATEGIES.get(name_or_path)
+        try:
+            return STRATEGIES.get(name_or_path)
+        except UnknownNameError as err:
+            raise UnknownNameError(
+                f"{err} Strategies of your own modules: `svlm ... --import your.module`, a "
+                "`package.module.Class` path, or an `svlm.strategies` entry point."
+            ) from None
     cls = _import_path(name_or_path)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ValueError(f"{name_or_path!r} is not a subclass of svlm.Strategy.")
     return cls
+
+
+def registered_name(name_or_path: str) -> str | None:
+    """The name the class of ``name_or_path`` is registered under, or ``None`` (not registered, or not
+    importable: building the strategy reports that)."""
+    try:
+        cls = strategy_class(name_or_path)
+    except ValueError:
+        return None
+    name = cls.__dict__.get("name")  # not a registered parent's name
+    return name if isinstance(name, str) and name in STRATEGIES and STRATEGIES.get(name) is cls else None
 
 
 def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> Strategy:

@@ -104,3 +104,47 @@ def oracle_logits(model: nn.Module, inputs: dict[str, Any], report: Any) -> torc
     length = int(inputs["input_ids"].shape[1])
     with key_masks(model, layer_key_masks(report, length)):
         return model(**inputs, use_cache=False).logits
+
+
+@torch.no_grad()
+def assert_matches_oracle(
+    model: nn.Module,
+    inputs: dict[str, Any],
+    sparse: Any,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> Any:
+    """Assert that a drop-only pruned run equals the masked-key oracle where the two are comparable.
+
+    Runs ``sparse(**inputs)`` (a :func:`svlm.sparsify` wrapper of ``model``) and :func:`oracle_logits`, then
+    compares the logits only at the prompt positions that entered the last decoder layer
+    (``report.positions(last_layer, b)``): a pruned token has no output, so the full logit tensors differ
+    there by design. Raises ``AssertionError`` naming the sample and the largest difference; returns the
+    run's :class:`svlm.Report`. Strategies that merge tokens (``drops_only`` False) have no oracle.
+    """
+    strategy = getattr(sparse, "strategy", None)
+    if strategy is not None and not strategy.drops_only:
+        raise ValueError(
+            f"{type(strategy).__name__} merges tokens (drops_only is False): the masked-key oracle only "
+            "describes strategies that drop tokens."
+        )
+    out = sparse(**inputs).logits
+    report = sparse.last_report
+    if report is None:
+        raise ValueError("The sparse run produced no report (no visual tokens?): nothing to compare.")
+    ref = oracle_logits(model, inputs, report)
+    last = report.info.num_layers - 1
+    for b in range(report.batch_size):
+        pos = report.positions(last, b).to(out.device)
+        got, want = out[b, pos].float(), ref[b, pos].float().to(out.device)
+        close = torch.isclose(got, want, atol=atol, rtol=rtol).all(-1)  # [kept positions]
+        if not bool(close.all()):
+            diff = (got - want).abs().amax(-1)
+            worst = int(diff.argmax())
+            raise AssertionError(
+                f"Sample {b}: pruned logits differ from the masked-key oracle at {int((~close).sum())} of "
+                f"{len(pos)} kept positions; largest difference {float(diff[worst]):.3g} at prompt position "
+                f"{int(pos[worst])} (atol={atol:g}, rtol={rtol:g})."
+            )
+    return report
