@@ -288,3 +288,20 @@ def test_assert_matches_oracle_compares_kept_positions_only(make_tiny_vlm, image
         assert_matches_oracle(tiny.model, inputs, Broken())
     with pytest.raises(ValueError, match="merges tokens"):
         assert_matches_oracle(tiny.model, inputs, svlm.sparsify(tiny.model, "visionzip", budget=0.5))
+
+
+def test_init_device_cpu_is_the_default_build():
+    a, b = tiny_vlm("llava", init_device="cpu").model, tiny_vlm("llava").model
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.gpu
+def test_init_device_builds_on_the_gpu_deterministically():
+    """What configs/bench_gpu.yaml relies on: 7B-shaped models are built on the GPU, same seed same weights,
+    and the global CUDA generator is left alone."""
+    state = torch.cuda.get_rng_state()
+    a = tiny_vlm("qwen2_5_vl", init_device="cuda", dtype=torch.bfloat16).model
+    b = tiny_vlm("qwen2_5_vl", init_device="cuda", dtype=torch.bfloat16).model
+    assert {p.device.type for p in a.parameters()} == {"cuda"}
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert torch.equal(torch.cuda.get_rng_state(), state)

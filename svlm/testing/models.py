@@ -120,6 +120,7 @@ def tiny_vlm(
     seed: int = 0,
     image_size: int | None = None,
     initializer_range: float = 0.2,
+    init_device: str | torch.device | None = None,
 ) -> TinyVLM:
     """Build a tiny random ``family`` model (eval mode) with an offline tokenizer and processor.
 
@@ -128,7 +129,9 @@ def tiny_vlm(
     RNG), then the parameters are cast to ``dtype`` as loading a checkpoint would (RoPE buffers stay
     float32), so models that differ only in dtype hold the same weights up to rounding.
     ``initializer_range`` is 10x transformers' 0.02 so attention is peaked enough for token scores
-    to differ and for greedy decoding to be free of near-ties.
+    to differ and for greedy decoding to be free of near-ties. ``init_device`` (e.g. ``"cuda"``) builds
+    the weights directly on that device: a 7B-shaped random init takes minutes on a CPU, seconds on a GPU;
+    the draws come from that device's generator, so they differ from a CPU-built model with the same seed.
     """
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
@@ -159,7 +162,8 @@ def tiny_vlm(
     }
     builder = _llava_config if family.startswith("llava") else _qwen_config
     config, processor = builder(family, tokenizer, text, image_size)
-    with torch.random.fork_rng(devices=[]):
+    init = torch.device("cpu" if init_device is None else init_device)
+    with torch.random.fork_rng(devices=[] if init.type == "cpu" else [init], device_type=init.type), init:
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[family]._from_config(
             config, attn_implementation=attn_implementation, dtype=torch.float32
