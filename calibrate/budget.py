@@ -241,8 +241,9 @@ def simulate(
         r = ranks(svals, rule.rtol).double()
         for step in range(steps):
             rank = torch.minimum(r[:, step], current)
-            target = torch.trunc(rank * rule.scale[step] + rule.bias[step]).clamp_min(1)
-            current = torch.minimum(target, (current - 1).clamp_min(1))
+            target = torch.trunc(rank * rule.scale[step] + rule.bias[step]).clamp_min(0)
+            # the reference's edges: at most n - 1 (possibly 0), and no pruning at all when rank == n
+            current = torch.where(rank == current, current, torch.minimum(target, (current - 1).clamp_min(0)))
             counts[:, step] = current
     else:
         table = torch.tensor(rule.counts, dtype=torch.float64)

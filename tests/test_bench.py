@@ -192,12 +192,12 @@ def test_scoring_from_cached_keys_equals_recomputed_rotary(make_tiny_vlm, images
     pairs = []
     attention = session_module.PruningSession._attention
 
-    def both(self, idx, seq, rows, rows_valid, q=None, k=None):
-        fast = attention(self, idx, seq, rows, rows_valid, q, k)
+    def both(self, idx, seq, rows, rows_valid, *rest):
+        fast = attention(self, idx, seq, rows, rows_valid, *rest)
         pairs.append(self._cached_keys(idx, seq, self.captured[idx]["q"]) is not None)
         with monkeypatch.context() as m:
             m.setattr(session_module.PruningSession, "_cached_keys", lambda *a: None)
-            slow = attention(self, idx, seq, rows, rows_valid, q, k)
+            slow = attention(self, idx, seq, rows, rows_valid, *rest)
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
         return fast
 

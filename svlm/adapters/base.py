@@ -96,6 +96,12 @@ class Adapter:
         """Rotary embedding as the family's attention applies it (x: [b, heads, n, d]; cos/sin: [b, n, d])."""
         return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
+    def rotary_tables(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables (cos, sin) [b, n, head_dim] of the language model for 1-D ``positions`` [b, n], as
+        its own rotary embedding computes them (``like`` gives dtype and device); used to renumber positions
+        after pruning (``Strategy.renumber_positions``)."""
+        return self.language_model.rotary_emb(like, positions.to(like.device))
+
     # -- vision encoder (for strategies that read its attention) ------------------------------------
     def vision_attention(self, layer: int) -> nn.Module:
         """The attention module of vision-encoder layer ``layer`` (negative counts from the end)."""

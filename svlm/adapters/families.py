@@ -81,6 +81,12 @@ class Qwen2VLAdapter(Adapter):
         merge = self.config.vision_config.spatial_merge_size
         return int(grid.prod(-1).sum()) // (merge * merge)
 
+    def rotary_tables(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(
+            f"{self.family} uses 3-D M-RoPE positions (time, height, width), for which renumbering the kept "
+            "tokens 0..k-1 is not defined; keep original positions (e.g. sparsevlm positions='original')."
+        )
+
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
         grid_thw = inputs.get("image_grid_thw")
         if grid_thw is None:

@@ -40,8 +40,12 @@ def attention_rows(
     rotary: RotaryFn,
     reduce_heads: bool = False,
     rotated_keys: torch.Tensor | None = None,
+    softmax: bool = True,
 ) -> torch.Tensor:
     """Softmax attention probabilities [b, heads, r, n] (float32) of the given rows.
+
+    With ``softmax=False`` it returns the raw scaled logits ``q k^T * scaling`` [b, heads, r, n] instead,
+    unmasked (every key, causal or not), zeros on rows that are not valid.
 
     With ``reduce_heads`` the result is the head mean [b, 1, r, n], computed by the Triton kernel on GPUs
     (no per-head intermediate at all) or by PyTorch elsewhere.
@@ -60,12 +64,14 @@ def attention_rows(
     else:
         keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
         keys = rotary(keys, cos.float(), sin.float())
-    if reduce_heads:
+    if reduce_heads and softmax:
         probs = head_mean_rows_attention(q_rows, keys, rows, key_valid, scaling).unsqueeze(1)
         return probs * rows_valid.view(b, 1, -1, 1)
     group = num_heads // num_kv_heads
     q_grouped = q_rows.reshape(b, num_kv_heads, group * q_rows.shape[2], head_dim)
     logits = torch.matmul(q_grouped, keys.transpose(-1, -2)).reshape(b, num_heads, -1, n) * scaling
+    if not softmax:
+        return logits * rows_valid.view(b, 1, -1, 1)
     slots = torch.arange(n, device=k.device)
     allowed = (slots.view(1, 1, n) <= rows.unsqueeze(-1)) & key_valid.unsqueeze(1)  # [b, r, n]
     logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,8 @@ class TokenSequence:
     cos: torch.Tensor  # [b, n, head_dim] rotary tables of each slot's original position
     sin: torch.Tensor
     masks: dict[str, torch.Tensor | None] = field(default_factory=dict)  # prefill masks, per format
+    # [b] set when positions were renumbered (``renumber``): decoding continues at this position
+    next_position: torch.Tensor | None = None
     _padded: bool | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -36,6 +39,21 @@ class TokenSequence:
 
     def visual_counts(self) -> torch.Tensor:
         return (self.visual & self.valid).sum(-1)
+
+
+def renumber(
+    seq: TokenSequence, rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> TokenSequence:
+    """Give the valid slots of each sample contiguous positions ``0..k-1`` in slot order, in place.
+
+    ``rotary(positions [b, n])`` returns the rotary tables (cos, sin) [b, n, d] of those positions. Sets
+    ``next_position`` to ``k`` (each sample's valid slots), where decoding continues for this sequence's
+    layers. Padding slots get position 0 (they are never attended to).
+    """
+    positions = (seq.valid.long().cumsum(-1) - 1).clamp_min(0)
+    seq.cos, seq.sin = rotary(positions)
+    seq.next_position = seq.valid.sum(-1)
+    return seq
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

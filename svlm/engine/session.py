@@ -37,7 +37,7 @@ from svlm.adapters.base import Adapter
 from svlm.engine.cache import PrunedCache, cache_in, cache_out
 from svlm.engine.masks import decode_mask, mask_format, prefill_mask
 from svlm.engine.scoring import attention_rows, rows_from_mask
-from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather
+from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather, renumber
 from svlm.engine.validation import InputError
 from svlm.report import LayerDecision, Report
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
@@ -81,6 +81,7 @@ class PruningSession:
         self.vision_captured: dict[int, dict[str, torch.Tensor]] = {}
         self.decisions: list[LayerDecision] = []
         self.step_masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.step_rotary: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.decode_steps = 0
         self.scoring_seconds = 0.0
 
@@ -131,6 +132,7 @@ class PruningSession:
         self.captured = {}
         self.vision_captured = {}
         self.step_masks = {}
+        self.step_rotary = {}
 
     def attach(self) -> None:
         if self.handles:
@@ -164,6 +166,7 @@ class PruningSession:
             self.prefill = False
             self.decode_steps += 1
             self.step_masks.clear()
+            self.step_rotary.clear()
             return
         self._reset()
         self.prefill = True
@@ -276,6 +279,9 @@ class PruningSession:
             vision=self.vision_captured,
             adapter=self.adapter,
         )
+        if self.strategy.renumber_positions:  # fails early where positions cannot be renumbered (M-RoPE)
+            first = torch.zeros(b, 1, dtype=torch.long, device=hidden.device)
+            self.adapter.rotary_tables(hidden[:, :1], first)
         if bool(visual.any()):
             with self._scoring_clock(hidden.device):
                 self.strategy.prepare(self.ctx)
@@ -333,8 +339,8 @@ class PruningSession:
         if rows is not None:
             view.rows, view.rows_valid = rows_from_mask(rows & seq.valid)
             view.attention = self._attention(idx, seq, view.rows, view.rows_valid)
-            view.recompute = lambda q=None, k=None: self._attention(
-                idx, seq, view.rows, view.rows_valid, q, k
+            view.recompute = lambda q=None, k=None, logits=False: self._attention(
+                idx, seq, view.rows, view.rows_valid, q, k, logits
             )
         selection = self.strategy.select(self.ctx, view)
         if not isinstance(selection, Selection):
@@ -344,6 +350,8 @@ class PruningSession:
             seq, keep, selection.merged_valid if selection.merged is not None else None
         )
         new_seq, new_hidden = apply_plan(seq, hidden, index, valid, selection.merged, selection.merged_anchor)
+        if self.strategy.renumber_positions:
+            renumber(new_seq, lambda positions: self.adapter.rotary_tables(new_hidden, positions))
         merged = 0 if selection.merged_valid is None else selection.merged_valid.sum(-1)
         self.decisions.append(
             LayerDecision(
@@ -367,8 +375,10 @@ class PruningSession:
         rows_valid: torch.Tensor,
         q: torch.Tensor | None = None,
         k: torch.Tensor | None = None,
+        logits: bool = False,
     ) -> torch.Tensor:
-        """Attention rows of layer ``idx`` from its captured projections (or replacements ``q``/``k``)."""
+        """Attention rows of layer ``idx`` from its captured projections (or replacements ``q``/``k``);
+        with ``logits`` the raw scaled logits of every head instead of the probabilities."""
         captured = self.captured.get(idx, {})
         if "q" not in captured or "k" not in captured:
             raise RuntimeError(f"Layer {idx}: q/k projections were not captured; is the adapter right?")
@@ -389,6 +399,7 @@ class PruningSession:
             rotary=self.adapter.apply_rotary,
             reduce_heads=not self.strategy.needs_head_attention,
             rotated_keys=rotated,
+            softmax=not logits,
         )
 
     def _cached_keys(self, idx: int, seq: TokenSequence, like: torch.Tensor) -> torch.Tensor | None:
@@ -433,12 +444,27 @@ class PruningSession:
         q_len = hidden.shape[1]
         kwargs = dict(kwargs)
         kwargs["position_ids"] = None
+        past = cache.layers[idx].get_seq_length()
+        if seq.next_position is not None:  # renumbered: this layer's tokens continue at its own count
+            kwargs["position_embeddings"] = self._decode_rotary(seq, past, hidden)
         if q_len == 1 and self._unmasked(seq):  # one new token sees every cached slot: no mask at all
             kwargs["attention_mask"] = None
             return args, kwargs
-        past = cache.layers[idx].get_seq_length()
         key = (id(seq), past, q_len)
         if key not in self.step_masks:
             self.step_masks[key] = decode_mask(seq.valid, past, q_len, self.fmt, hidden.dtype)
         kwargs["attention_mask"] = self.step_masks[key]
         return args, kwargs
+
+    def _decode_rotary(
+        self, seq: TokenSequence, past: int, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables of a decoding step for the layers of a renumbered ``seq``: the step's tokens sit at
+        ``next_position + (tokens decoded so far) + j`` (the reference's per-layer cache length)."""
+        q_len = hidden.shape[1]
+        key = (id(seq), past, q_len)
+        if key not in self.step_rotary:
+            offset = past - seq.length + torch.arange(q_len, device=hidden.device)
+            positions = seq.next_position.to(hidden.device).unsqueeze(-1) + offset
+            self.step_rotary[key] = self.adapter.rotary_tables(hidden, positions)
+        return self.step_rotary[key]

@@ -10,7 +10,8 @@ A strategy never touches the model. The engine calls, for one prefill:
 4. :meth:`Strategy.select` — at each pruning layer, which visual tokens to keep, and optionally merged
    tokens to insert after the kept visual tokens.
 
-Text tokens are always kept; the engine gathers the kept rows and keeps their original positions.
+Text tokens are always kept; the engine gathers the kept rows and keeps their original positions (or, for a
+strategy whose ``renumber_positions`` is True, renumbers them contiguously after each pruning).
 """
 
 from __future__ import annotations
@@ -191,6 +192,13 @@ class Strategy:
     def needs_head_attention(self) -> bool:
         """True when :meth:`select` needs per-head attention rows; otherwise it gets their head mean
         (``view.attention`` of shape [b, 1, r, n]), which the Triton kernel computes on GPUs."""
+        return False
+
+    @property
+    def renumber_positions(self) -> bool:
+        """True when the engine must renumber positions after each pruning: the kept tokens (merged ones
+        included) of each sample get positions ``0..k-1`` in slot order, and decoding continues at ``k`` in
+        every layer (SparseVLM v1/v1.5). False (the default) keeps every token's original position."""
         return False
 
     @property

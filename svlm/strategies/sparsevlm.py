@@ -1,27 +1,28 @@
 """SparseVLM (Zhang et al., ICML 2025): text-guided, progressive visual-token sparsification.
 
 Paper: "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference",
-arXiv:2410.04417. Reference code: Gumpest/SparseVLMs (v1, v1.5, v2).
+arXiv:2410.04417. Reference code: GitHub Gumpest/SparseVLMs. ``version`` selects one of its published modes,
+each reproduced exactly (``tests/test_strategies/test_sparsevlm_reference.py`` runs a transcription of the
+reference next to this module):
 
-How it maps to the paper:
+* ``"v1"`` (commit b72c5d6): pruning after layers 2/6/15/19, the **rank rule**
+  ``min(int(rank(P) * scale + bias), n - 1)`` (no pruning when ``rank(P) == n``) with the published
+  ``scale``/``bias`` per preset, recycling, positions renumbered after each pruning;
+* ``"v1.5"`` (tag ``v1.5``): pruning after layers 2/6/15 to the hard-coded counts, recycling, renumbered
+  positions;
+* ``"v2"`` (SparseVLM+, main 26a5f48 with ``USE_VERSION=2_0``): the v2 counts, RoPE-gravity correction,
+  14 priority heads, no recycling, original positions.
 
-* **raters** — text tokens after the image whose relevance to the visual tokens is above the mean:
-  ``m = softmax(V T^T over text).mean(over visual)``, raters are ``m > mean(m)`` (computed once, on the
-  language model's input embeddings);
-* **scores** — at each pruning layer, the raters' attention to each visual token, averaged over heads and
-  raters, computed rows-only from the layer's own q/k (never an n x n matrix);
-* **how many to keep** — one of: ``budget`` (mean visual tokens entering each layer, solved over the
-  schedule's shape), a ``preset`` of the v1.5/v2 hard-coded schedules, explicit ``counts``, or the v1
-  **rank rule** ``min(int(rank(P) * scale + bias), n_visual - 1)`` where ``P`` is the head-averaged
-  [raters x visual] attention;
-* **recycling** — the top ``recycle_ratio`` of deleted tokens (by score) are clustered with density-peak
-  clustering on k nearest neighbours into ``int(n * cluster_ratio) + 1`` clusters and averaged; the merged
-  tokens go right after the kept visual tokens;
-* **SparseVLM+ (v2)** — ``gravity_correction`` divides the attention by a RoPE-only attention (all-ones q/k),
-  ``priority_heads`` scores with the heads of largest rater-to-visual attention only.
+Common to all: **raters** are the text tokens after the image whose relevance to the visual tokens is above
+the mean (``m = softmax(V T^T over text).mean(over visual)``, ``m > mean(m)``, on the language model's input
+embeddings); a visual token's **score** is the raters' attention to it (layer's causal softmax, mean over
+heads, then over raters), computed rows-only from the layer's own q/k. **Recycling** clusters the top 30% (by
+score) of the deleted tokens into ``int(n / 10) + 1`` density-peak (DPC-kNN) clusters and inserts their means
+right after the kept visual tokens, on top of the kept count.
 
-Pruning layers default to ``[2, 6, 15]`` on 32 layers and scale to other depths as
-``floor(l * num_layers / 32 + 0.5)`` (clamped to ``num_layers - 2``, duplicates removed).
+svlm's own additions, off the reference path: ``budget=`` (counts solved to meet a mean-tokens-per-layer
+budget), ``counts=``, ``schedule=`` (calibrated by ``svlm fit``), ``positions="original"`` for v1/v1.5,
+scaling of the pruning layers and tables to other depths and visual-token counts, ``knn=`` for clustering.
 """
 
 from __future__ import annotations
@@ -39,20 +40,38 @@ from svlm.strategies.base import (
     Selection,
     Strategy,
     keep_top_visual,
-    pack_merged,
     schedule_counts,
 )
 from svlm.strategies.registry import register_strategy
 
 REFERENCE_LAYERS = 32
 REFERENCE_VISUAL_TOKENS = 576
+VERSIONS = ("v1", "v1.5", "v2")
+#: The default: SparseVLM+, the authors' current version, and the one that runs on every family (it keeps
+#: original positions, which Qwen2-VL's 3-D M-RoPE needs).
+DEFAULT_VERSION = "v2"
 DEFAULT_LAYERS = (2, 6, 15)
+#: Pruning layers of the 32-layer reference model by version (``pruning_loc`` of modelling_sparse_llama.py).
+VERSION_LAYERS: dict[str, tuple[int, ...]] = {
+    "v1": (2, 6, 15, 19),
+    "v1.5": DEFAULT_LAYERS,
+    "v2": DEFAULT_LAYERS,
+}
 
-#: Visual tokens kept after layers 2/6/15 of LLaVA-1.5-7B in the reference code, by version and budget.
+#: Visual tokens kept after layers 2/6/15 of LLaVA-1.5-7B (before recycled tokens are added), by version and
+#: preset (score.py: tag v1.5 for 192/128/64, main 26a5f48 for v1.5's 96 and all of v2).
 PRESETS: dict[str, dict[int, tuple[int, int, int]]] = {
     "v1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
     "v2": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
 }
+#: v1's rank-rule ``(scale, bias)`` per preset (README and scripts/v1_5/eval/*.sh of commit b72c5d6).
+RANK_PRESETS: dict[int, tuple[float, float]] = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
+#: SparseVLM+ scores with the 14 heads of largest rater-to-visual attention (score.py, main 26a5f48).
+PRIORITY_HEADS = 14
+POSITIONS = ("renumber", "original")
+#: Distances are computed as the reference does (norm of pairwise differences) while the [b, m, m, d]
+#: difference tensor has at most this many elements; above, by cdist's direct kernel (same up to rounding).
+EXACT_DISTANCE_ELEMENTS = 1 << 26
 
 
 def scale_layers(layers: Sequence[int], num_layers: int) -> list[int]:
@@ -94,64 +113,185 @@ def select_raters(
 
 
 def attention_rank(probs: torch.Tensor, rtol: float | None = None) -> int:
-    """Numerical rank of a [raters x visual] attention matrix (``rtol`` relative to the largest singular
-    value; ``None`` uses the float32 default ``max(m, n) * eps``, as the reference code does)."""
+    """Numerical rank of one [raters x visual] attention matrix (see :func:`batched_ranks`)."""
     if probs.numel() == 0:
         return 0
     return int(torch.linalg.matrix_rank(probs.float(), rtol=rtol))
 
 
-def density_peak_clusters(features: torch.Tensor, num_clusters: int, knn: int = 5) -> torch.Tensor:
-    """Cluster index [n] for each row of ``features`` by density-peak clustering on k nearest neighbours.
+def batched_ranks(
+    matrix: torch.Tensor, rows_valid: torch.Tensor, cols_valid: torch.Tensor, rtol: float | None = None
+) -> torch.Tensor:
+    """[b] numerical ranks of the valid block of each [b, r, c] matrix, in one batched SVD.
 
-    Density ``rho_i = exp(-mean squared distance to the k nearest neighbours)``; ``delta_i`` = distance to
-    the nearest denser point (the densest point gets the largest distance); centres are the points with the
-    largest ``rho * delta``; every point joins its nearest centre.
+    Padding rows and columns are zeroed (they add no singular value). ``rtol`` None is ``torch``'s default
+    for each sample's own valid shape, ``max(r_b, c_b) * eps`` (what the reference's ``matrix_rank`` uses).
     """
-    n = features.shape[0]
-    num_clusters = max(1, min(num_clusters, n))
-    if n == 1:
-        return torch.zeros(1, dtype=torch.long, device=features.device)
-    x = features.float()
-    dist = torch.cdist(x, x) / (x.shape[-1] ** 0.5)
-    k = max(1, min(knn, n - 1))
-    nearest = torch.topk(dist, k + 1, largest=False).values[:, 1:]
-    density = torch.exp(-(nearest**2).mean(-1))
-    density = density + torch.rand(n, generator=torch.Generator().manual_seed(0)).to(x.device) * 1e-6
-    denser = density.unsqueeze(0) > density.unsqueeze(1)  # [i, j]: j is denser than i
-    delta = torch.where(denser, dist, torch.full_like(dist, float("inf"))).amin(-1)
-    delta = torch.where(torch.isinf(delta), dist.amax(-1), delta)
-    centres = torch.topk(density * delta, num_clusters).indices
-    assignment = dist[:, centres].argmin(-1)
-    assignment[centres] = torch.arange(num_clusters, device=x.device)
-    return assignment
+    ok = rows_valid.unsqueeze(-1) & cols_valid.unsqueeze(-2)
+    matrix = torch.where(ok, matrix.float(), 0.0)
+    if matrix.shape[-1] == 0 or matrix.shape[-2] == 0:
+        return torch.zeros(matrix.shape[0], dtype=torch.long, device=matrix.device)
+    if rtol is None:
+        dims = torch.maximum(rows_valid.sum(-1), cols_valid.sum(-1)).double()
+        tol = (dims * torch.finfo(torch.float32).eps).float()
+    else:
+        tol = torch.full((matrix.shape[0],), float(rtol), device=matrix.device)
+    return torch.linalg.matrix_rank(matrix, rtol=tol).long()
+
+
+def tie_noise(m: int, device: torch.device) -> torch.Tensor:
+    """[m] deterministic values in [0, 1e-6), added to densities to break ties (the reference adds
+    ``torch.rand * 1e-6``; a fixed sequence keeps runs reproducible and batch-independent)."""
+    return torch.frac(torch.arange(m, device=device, dtype=torch.float64) * 0.6180339887498949).float() * 1e-6
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """[b, m, m] Euclidean distances of the rows of ``x`` [b, m, d], divided by ``sqrt(d)``."""
+    b, m, d = x.shape
+    if b * m * m * d <= EXACT_DISTANCE_ELEMENTS:
+        dist = (x.unsqueeze(2) - x.unsqueeze(1)).norm(dim=-1, p=2)
+    else:
+        dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    return dist / (d**0.5)
+
+
+def density_peak_clusters(
+    features: torch.Tensor,
+    valid: torch.Tensor,
+    num_clusters: torch.Tensor,
+    knn: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-kNN clustering of each sample's valid rows, as the reference's ``cluster_and_merge``.
+
+    ``features`` [b, m, d], ``valid`` [b, m], ``num_clusters`` [b] (<= valid rows). Density is
+    ``exp(-mean squared distance to the k nearest rows)`` with ``k = num_clusters`` counting the row itself
+    (``knn`` overrides k), plus :func:`tie_noise`; a row's distance indicator is the distance to its nearest
+    denser row (the sample's largest distance when there is none); the ``num_clusters`` rows of largest
+    ``density * indicator`` are the centres, in that order; every row joins its nearest centre and each
+    centre its own cluster. Returns (cluster index [b, m], -1 on invalid rows; centre rows [b, c_max]).
+    """
+    b, m, _ = features.shape
+    device = features.device
+    c_max = int(num_clusters.max()) if b else 0  # one host sync per pruning layer
+    cluster = torch.full((b, m), -1, dtype=torch.long, device=device)
+    if c_max == 0 or m == 0:
+        return cluster, torch.zeros(b, 0, dtype=torch.long, device=device)
+    pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    dist = pairwise_distances(features.float())
+    k = num_clusters if knn is None else torch.minimum(torch.full_like(num_clusters, knn), valid.sum(-1))
+    k_max = c_max if knn is None else min(knn, m)
+    nearest = torch.topk(dist.masked_fill(~pair, float("inf")), k_max, dim=-1, largest=False).values
+    used = torch.arange(k_max, device=device) < k.view(b, 1, 1)
+    squares = torch.where(used, nearest**2, 0.0)
+    if knn is None and b == 1:
+        mean = squares.mean(-1)  # the reference's op (no padding at batch 1)
+    else:
+        mean = squares.sum(-1) / k.clamp_min(1).view(b, 1)
+    density = (-mean).exp() + tie_noise(m, device)
+    dist_max = dist.masked_fill(~pair, float("-inf")).flatten(1).amax(-1).view(b, 1, 1)
+    denser = (density.unsqueeze(1) > density.unsqueeze(2)) & pair
+    indicator = torch.where(denser, dist, dist_max).amin(-1)
+    score = (indicator * density).masked_fill(~valid, float("-inf"))
+    centres = torch.topk(score, c_max, dim=-1).indices  # [b, c_max], best first
+    centre_ok = torch.arange(c_max, device=device) < num_clusters.unsqueeze(-1)
+    to_centre = torch.gather(dist, 1, centres.unsqueeze(-1).expand(b, c_max, m))  # [b, c, m]
+    nearest_centre = to_centre.masked_fill(~centre_ok.unsqueeze(-1), float("inf")).argmin(1)
+    # each centre joins its own cluster (invalid centres write into a spare column that is dropped)
+    own = torch.cat([nearest_centre, nearest_centre.new_zeros(b, 1)], dim=1)
+    target = torch.where(centre_ok, centres, m)
+    own.scatter_(1, target, torch.arange(c_max, device=device).expand(b, c_max))
+    cluster = torch.where(valid, own[:, :m], -1)
+    return cluster, centres
+
+
+def recycle_tokens(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    deleted: torch.Tensor,
+    recycle_ratio: float = 0.3,
+    cluster_ratio: float = 0.1,
+    knn: int | None = None,
+    max_clusters: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the best-scored deleted tokens of each sample into density-peak cluster means (no host loops).
+
+    Of the ``deleted`` [b, n] slots, the top ``int(n_deleted * recycle_ratio) + 1`` by score are clustered
+    into ``int(n_recycled * cluster_ratio) + 1`` clusters (at most ``max_clusters`` [b]); a cluster's token
+    is its members' mean (weights ``1 / (size + 1e-6)``, as the reference). Returns ``merged`` [b, c, d] in
+    cluster order, ``anchor`` [b, c] (slot of each cluster's best-scored member), ``valid`` [b, c] and the
+    cluster of each slot [b, n] (-1 where not recycled).
+    """
+    b, n, d = hidden.shape
+    device = hidden.device
+    n_deleted = deleted.sum(-1)
+    n_recycled = torch.where(
+        n_deleted > 0, (n_deleted.double() * recycle_ratio).floor().long() + 1, 0
+    ).clamp_max(n_deleted)
+    n_clusters = torch.where(n_recycled > 0, (n_recycled.double() * cluster_ratio).floor().long() + 1, 0)
+    n_clusters = torch.minimum(n_clusters, n_recycled)
+    if max_clusters is not None:
+        n_clusters = torch.minimum(n_clusters, max_clusters.to(device).clamp_min(1))
+    m = int(n_recycled.max()) if b else 0  # one host sync per pruning layer
+    slot_cluster = torch.full((b, n), -1, dtype=torch.long, device=device)
+    if m == 0:
+        empty = hidden.new_zeros(b, 0, d)
+        none = torch.zeros(b, 0, dtype=torch.long, device=device)
+        return empty, none, none.bool(), slot_cluster
+    ranked = scores.float().masked_fill(~deleted, float("-inf"))
+    slots = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[:, :m]  # best first
+    ok = torch.arange(m, device=device) < n_recycled.unsqueeze(-1)
+    members = gather_rows(hidden, slots)
+    cluster, _ = density_peak_clusters(members, ok, n_clusters, knn)
+    c = int(n_clusters.max())
+    spare = torch.where(ok, cluster, c) + torch.arange(b, device=device).unsqueeze(-1) * (c + 1)
+    flat = spare.reshape(-1)
+    sizes = hidden.new_zeros(b * (c + 1), 1).index_add_(0, flat, hidden.new_ones(b * m, 1)) + 1e-6
+    weights = hidden.new_ones(b * m, 1) / sizes[flat]
+    merged = hidden.new_zeros(b * (c + 1), d)
+    merged.index_add_(0, flat, members.reshape(b * m, d) * weights)
+    merged = merged.view(b, c + 1, d)[:, :c]
+    # best-scored member of each cluster: the first in score order
+    order = torch.arange(m, device=device).expand(b, m)
+    first = torch.full((b, c + 1), m, dtype=torch.long, device=device)
+    first.scatter_reduce_(1, torch.where(ok, cluster, c), order, reduce="amin")
+    valid = torch.arange(c, device=device) < n_clusters.unsqueeze(-1)
+    anchor = torch.gather(slots, 1, first[:, :c].clamp_max(m - 1))
+    slot_cluster = torch.cat([slot_cluster, slot_cluster[:, :1]], dim=1)
+    slot_cluster.scatter_(1, torch.where(ok, slots, n), torch.where(ok, cluster, -1))
+    return merged, torch.where(valid, anchor, 0), valid, slot_cluster[:, :n]
 
 
 @register_strategy("sparsevlm")
 class SparseVLM(Strategy):
     """SparseVLM: raters' attention scores visual tokens, pruned progressively, optionally recycled.
 
-    Exactly one way of setting the counts is used, in this order: ``rank_scale`` (v1 rank rule),
-    ``counts``, ``preset`` (v1.5/v2 tables), ``budget``; with none of them, ``preset=192``. ``schedule``
-    loads those parameters from a file written by calibration (``svlm fit``).
+    ``version`` (``"v1"``, ``"v1.5"``, ``"v2"``; default ``"v2"``) is the reference mode reproduced, with
+    ``preset`` (192, 128, 96 or 64; default 192) its published setting. The remaining arguments default to
+    the version's choice (None) and can override it: ``layers``, ``recycle``, ``gravity_correction``,
+    ``priority_heads`` (0 disables), ``positions`` (``"renumber"``/``"original"``).
+
+    Counts come from, in this order: ``rank_scale`` (v1 rank rule with your scale/bias), ``counts`` (svlm:
+    visual tokens after each pruning layer, merged included), ``budget`` (svlm: solved schedule), the v1
+    rank presets, the v1.5/v2 tables. ``schedule`` loads parameters calibrated by ``svlm fit``.
     """
 
     def __init__(
         self,
         budget: float | None = None,
-        layers: Sequence[int] = DEFAULT_LAYERS,
+        version: str = DEFAULT_VERSION,
         preset: int | None = None,
-        version: str = "v2",
+        layers: Sequence[int] | None = None,
         counts: Sequence[int] | None = None,
         rank_scale: float | Sequence[float] | None = None,
         rank_bias: float | Sequence[float] = 0.0,
         rank_rtol: float | Sequence[float] | None = None,
-        recycle: bool = False,
+        recycle: bool | None = None,
         recycle_ratio: float = 0.3,
         cluster_ratio: float = 0.1,
-        knn: int = 5,
-        gravity_correction: bool = False,
+        knn: int | None = None,
+        gravity_correction: bool | None = None,
         priority_heads: int | None = None,
+        positions: str | None = None,
         schedule: str | None = None,
     ) -> None:
         if schedule is not None:
@@ -170,47 +310,64 @@ class SparseVLM(Strategy):
                 )
         self.schedule = schedule
         super().__init__(budget)
-        if version not in PRESETS:
-            raise ValueError(f"Unknown SparseVLM version {version!r}; valid: {', '.join(PRESETS)}.")
-        if preset is not None and preset not in PRESETS[version]:
-            raise ValueError(
-                f"No SparseVLM {version} preset for {preset} tokens; valid: {sorted(PRESETS[version])}."
-            )
+        if version not in VERSIONS:
+            raise ValueError(f"Unknown SparseVLM version {version!r}; valid: {', '.join(VERSIONS)}.")
+        valid_presets = sorted(RANK_PRESETS if version == "v1" else PRESETS[version])
+        if preset is not None and preset not in valid_presets:
+            raise ValueError(f"No SparseVLM {version} preset for {preset} tokens; valid: {valid_presets}.")
+        layers = VERSION_LAYERS[version] if layers is None else layers
         if counts is not None and len(counts) != len(layers):
             raise ValueError(f"counts {list(counts)} must have one entry per pruning layer {list(layers)}.")
         if not 0 < recycle_ratio <= 1 or not 0 < cluster_ratio <= 1:
             raise ValueError("recycle_ratio and cluster_ratio must be in (0, 1].")
+        if positions is not None and positions not in POSITIONS:
+            raise ValueError(f"Unknown positions {positions!r}; valid: {', '.join(POSITIONS)}.")
+        if knn is not None and knn < 1:
+            raise ValueError(f"knn must be >= 1 (or None for the reference's k); got {knn}.")
+        self.version = version
         self.layers = [int(x) for x in layers]
-        self.preset, self.version = preset, version
         self.counts = None if counts is None else [int(c) for c in counts]
         self.rank_scale, self.rank_bias, self.rank_rtol = rank_scale, rank_bias, rank_rtol
-        self.recycle, self.recycle_ratio, self.cluster_ratio, self.knn = (
-            recycle,
-            recycle_ratio,
-            cluster_ratio,
-            knn,
-        )
-        self.gravity_correction, self.priority_heads = gravity_correction, priority_heads
-        if self.mode == "preset" and self.preset is None:
+        self.recycle = version != "v2" if recycle is None else bool(recycle)
+        self.recycle_ratio, self.cluster_ratio, self.knn = recycle_ratio, cluster_ratio, knn
+        self.gravity_correction = version == "v2" if gravity_correction is None else bool(gravity_correction)
+        if priority_heads is None:
+            priority_heads = PRIORITY_HEADS if version == "v2" else 0
+        self.priority_heads = int(priority_heads)
+        self.positions = ("original" if version == "v2" else "renumber") if positions is None else positions
+        self.preset = preset
+        if self.mode in ("preset", "rank") and self.preset is None and self.rank_scale is None:
             self.preset = 192
+        if self.mode == "rank" and self.rank_scale is None:
+            self.rank_scale, self.rank_bias = RANK_PRESETS[self.preset]
 
     @property
     def drops_only(self) -> bool:
-        return not self.recycle
+        return not self.recycle and self.positions == "original"
+
+    @property
+    def renumber_positions(self) -> bool:
+        return self.positions == "renumber"
 
     @property
     def needs_head_attention(self) -> bool:
-        return self.gravity_correction or self.priority_heads is not None
+        return self.gravity_correction or bool(self.priority_heads)
 
     @property
     def mode(self) -> str:
+        """``rank``, ``counts``, ``budget`` or ``preset``: how the counts are set."""
         if self.rank_scale is not None:
             return "rank"
         if self.counts is not None:
             return "counts"
         if self.budget is not None and self.preset is None:
             return "budget"
-        return "preset"
+        return "rank" if self.version == "v1" else "preset"
+
+    @property
+    def reference_counts(self) -> bool:
+        """True for the reference's count rules (rank rule, tables): the count excludes merged tokens."""
+        return self.mode in ("rank", "preset")
 
     # -- hooks ------------------------------------------------------------------------------------------
     def prune_layers(self, ctx: PrefillContext) -> list[int]:
@@ -238,19 +395,35 @@ class SparseVLM(Strategy):
             ranks = self._ranks(view, probs, step)
             scale = _per_layer(self.rank_scale, step)
             bias = _per_layer(self.rank_bias, step)
-            target = torch.tensor([int(r * scale + bias) for r in ranks], device=n_visual.device)
-            target = torch.minimum(target.clamp_min(1), (n_visual - 1).clamp_min(1))
+            rule = torch.trunc(ranks.to(n_visual.device).double() * scale + bias).long().clamp_min(0)
+            # rank == n: the reference keeps every token and merges nothing
+            prune = ranks.to(n_visual.device) != n_visual
+            target = torch.where(prune, torch.minimum(rule, (n_visual - 1).clamp_min(0)), n_visual)
             info["rank"] = ranks
         else:
-            target = torch.minimum(ctx.scratch["schedule"][:, step].to(n_visual.device), n_visual)
-        merged_counts = self._cluster_counts(n_visual - target) if self.recycle else torch.zeros_like(target)
-        keep_count = (target - merged_counts).clamp_min(1)
+            planned = ctx.scratch["schedule"][:, step].to(n_visual.device)
+            if self.mode == "preset":  # the reference's topk(min(table, n - 1)); nothing to do without tokens
+                prune = n_visual > 0
+                target = torch.minimum(planned, (n_visual - 1).clamp_min(0))
+            else:
+                prune = planned < n_visual
+                target = torch.minimum(planned, n_visual)
+        if self.recycle and not self.reference_counts:  # svlm: merged tokens count towards the target
+            planned_merge = self._cluster_counts(n_visual - target)
+            keep_count = (target - planned_merge).clamp_min(1)
+        else:
+            planned_merge, keep_count = None, target
         keep = keep_top_visual(view, scores, keep_count)
         info.update(kept=keep_count, target=target)
         if not self.recycle:
             return Selection(keep=keep, info=info)
-        merged, anchor, merged_valid = self._recycle(view, scores, keep, merged_counts)
+        deleted = view.visual & view.valid & ~keep & prune.unsqueeze(-1)
+        merged, anchor, merged_valid, _ = recycle_tokens(
+            view.hidden, scores, deleted, self.recycle_ratio, self.cluster_ratio, self.knn, planned_merge
+        )
         info["recycled"] = merged_valid.sum(-1)
+        if merged.shape[1] == 0:
+            return Selection(keep=keep, info=info)
         return Selection(keep=keep, merged=merged, merged_anchor=anchor, merged_valid=merged_valid, info=info)
 
     # -- pieces -----------------------------------------------------------------------------------------
@@ -266,29 +439,38 @@ class SparseVLM(Strategy):
             return schedule_counts(ctx.info.num_layers, layers, n_visual, self.target_tokens(ctx), shape)
         table = self.counts if self.mode == "counts" else PRESETS[self.version][self.preset]
         table = _fit(table, len(layers))
-        # Tables are for 576 visual tokens; other token counts keep the same fractions.
-        fractions = torch.tensor(table, dtype=torch.float64) / REFERENCE_VISUAL_TOKENS
-        counts = (n_visual.double().unsqueeze(-1) * fractions).round().long()
-        if ctx.info.num_layers == REFERENCE_LAYERS and bool((n_visual == REFERENCE_VISUAL_TOKENS).all()):
-            counts = torch.tensor(table).expand(len(n_visual), -1).clone()
+        device = n_visual.device
+        if ctx.info.num_layers == REFERENCE_LAYERS and n_visual.shape[0] and self._all_reference(n_visual):
+            counts = torch.tensor(table, device=device).expand(len(n_visual), -1).clone()
+        else:  # svlm: tables are for 576 visual tokens; other token counts keep the same fractions
+            fractions = torch.tensor(table, dtype=torch.float64, device=device) / REFERENCE_VISUAL_TOKENS
+            counts = (n_visual.double().unsqueeze(-1) * fractions).round().long()
         return torch.minimum(counts.clamp_min(1), n_visual.unsqueeze(-1))
 
+    @staticmethod
+    def _all_reference(n_visual: torch.Tensor) -> bool:
+        return bool((n_visual == REFERENCE_VISUAL_TOKENS).all())  # one host sync per prefill
+
     def _shape_for(self, budget_tokens: float) -> tuple[int, ...]:
-        table = PRESETS[self.version]
+        table = PRESETS["v1.5" if self.version == "v1" else self.version]
         nearest = min(table, key=lambda k: abs(k - budget_tokens))
         return table[nearest]
 
     def _head_weighted(self, view: LayerView) -> torch.Tensor:
-        """[b, r, n] attention averaged over heads (or the priority heads), gravity-corrected if asked."""
+        """[b, r, n] attention averaged over heads (or the priority heads), gravity-corrected if asked.
+
+        The correction divides each probability by the raw attention logit of all-ones q and k under the
+        layer's RoPE (``q1 k1^T / sqrt(d)``, not renormalised), on visual keys, as SparseVLM+ does.
+        """
         attn = view.attention  # [b, h, r, n]
+        visual = (view.visual & view.valid).view(attn.shape[0], 1, 1, -1)
+        visual = visual & view.rows_valid.view(attn.shape[0], 1, -1, 1)  # valid rows x visual keys
         if self.gravity_correction:
             ones = torch.ones(1, 1, 1, device=attn.device, dtype=torch.float32)
-            prior = view.recompute(q=ones, k=ones)
-            attn = attn / prior.clamp_min(1e-6)
-            attn = attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)
-        if self.priority_heads is not None and self.priority_heads < attn.shape[1]:
-            visual = (view.visual & view.valid).view(attn.shape[0], 1, 1, -1)
-            mass = (attn * visual).sum((-1, -2))  # [b, h]
+            prior = view.recompute(q=ones, k=ones, logits=True)
+            attn = torch.where(visual, attn / prior, 0.0)
+        if self.priority_heads and self.priority_heads < attn.shape[1]:
+            mass = torch.where(visual, attn, 0.0).sum((-1, -2))  # [b, h]
             heads = torch.topk(mass, self.priority_heads, dim=-1).indices
             attn = torch.gather(attn, 1, heads.view(*heads.shape, 1, 1).expand(-1, -1, *attn.shape[2:]))
         return attn.mean(1)
@@ -298,77 +480,28 @@ class SparseVLM(Strategy):
         scores = (probs * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return scores.masked_fill(~(view.visual & view.valid), float("-inf"))
 
-    def _ranks(self, view: LayerView, probs: torch.Tensor, step: int) -> list[int]:
-        rtol = _per_layer(self.rank_rtol, step)
-        ranks = []
-        for b in range(probs.shape[0]):
-            rows = probs[b][view.rows_valid[b]]
-            ranks.append(attention_rank(rows[:, view.visual[b] & view.valid[b]], rtol))
-        return ranks
+    def _ranks(self, view: LayerView, probs: torch.Tensor, step: int) -> torch.Tensor:
+        """[b] ranks of the raters x visual block of the head-averaged attention (one batched SVD)."""
+        cols, cols_ok = rows_from_mask(view.visual & view.valid)
+        block = torch.gather(probs, 2, cols.unsqueeze(1).expand(-1, probs.shape[1], -1))
+        return batched_ranks(block, view.rows_valid, cols_ok, _per_layer(self.rank_rtol, step))
 
     def _cluster_counts(self, deleted: torch.Tensor) -> torch.Tensor:
-        recycled = (deleted.double() * self.recycle_ratio).long() + 1
-        clusters = (recycled.double() * self.cluster_ratio).long() + 1
+        recycled = (deleted.double() * self.recycle_ratio).floor().long() + 1
+        clusters = (recycled.double() * self.cluster_ratio).floor().long() + 1
         return torch.where(deleted > 0, torch.minimum(clusters, recycled), torch.zeros_like(deleted))
-
-    def _recycle(
-        self, view: LayerView, scores: torch.Tensor, keep: torch.Tensor, planned: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        deleted = view.visual & view.valid & ~keep
-        merged, anchor, valid, _ = recycle_tokens(
-            view.hidden, scores, deleted, self.recycle_ratio, self.cluster_ratio, self.knn, planned
-        )
-        return merged, anchor, valid
 
     def extra_repr(self) -> str:
         detail = {
             "budget": f"budget={self.budget}",
-            "preset": f"preset={self.preset}, version={self.version!r}",
+            "preset": f"preset={self.preset}",
             "counts": f"counts={self.counts}",
             "rank": f"rank_scale={self.rank_scale}, rank_bias={self.rank_bias}",
         }[self.mode]
-        return f"{detail}, layers={self.layers}, recycle={self.recycle}"
-
-
-def recycle_tokens(
-    hidden: torch.Tensor,
-    scores: torch.Tensor,
-    deleted: torch.Tensor,
-    recycle_ratio: float = 0.3,
-    cluster_ratio: float = 0.1,
-    knn: int = 5,
-    max_clusters: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
-    """Merge the best-scored deleted tokens of each sample into density-peak cluster averages.
-
-    Of the ``deleted`` [b, n] slots, the top ``int(recycle_ratio * n_deleted) + 1`` by score are clustered
-    into ``int(n_recycled * cluster_ratio) + 1`` clusters; each cluster becomes the mean of its members'
-    hidden states and takes the position of its best-scored member. Returns ``merged`` [b, m, d], ``anchor``
-    [b, m] (slot whose position a merged token takes), ``valid`` [b, m] and the member slots of each cluster.
-    ``max_clusters`` [b] caps the clusters per sample (so that a schedule's token count is met exactly).
-    """
-    b, _, d = hidden.shape
-    per_sample: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
-    for i in range(b):
-        idx = deleted[i].nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            per_sample.append((hidden.new_zeros(0, d), idx, []))
-            continue
-        n_recycled = min(int(recycle_ratio * idx.numel()) + 1, idx.numel())
-        best = idx[torch.topk(scores[i, idx].float(), n_recycled).indices]
-        n_clusters = int(n_recycled * cluster_ratio) + 1
-        if max_clusters is not None:
-            n_clusters = max(1, min(n_clusters, int(max_clusters[i])))
-        assignment = density_peak_clusters(hidden[i, best], n_clusters, knn)
-        k = int(assignment.max()) + 1
-        sums = torch.zeros(k, d, dtype=torch.float32, device=hidden.device)
-        sums.index_add_(0, assignment, hidden[i, best].float())
-        sizes = torch.bincount(assignment, minlength=k).clamp_min(1).unsqueeze(-1)
-        members = [best[assignment == c] for c in range(k)]
-        anchors = torch.stack([m[scores[i, m].float().argmax()] for m in members])
-        per_sample.append(((sums / sizes).to(hidden.dtype), anchors, members))
-    merged, anchor, valid = pack_merged([(x[0], x[1]) for x in per_sample], hidden)
-    return merged, anchor, valid, [x[2] for x in per_sample]
+        return (
+            f"version={self.version!r}, {detail}, layers={self.layers}, recycle={self.recycle}, "
+            f"positions={self.positions!r}"
+        )
 
 
 def _per_layer(value: float | Sequence[float] | None, step: int) -> float | None:
