@@ -116,3 +116,17 @@ class Adapter:
     def visual_grids(self, inputs: dict[str, Any], sample: int) -> list[tuple[int, int]]:
         """(rows, cols) of each image's visual tokens of one sample, in sequence order."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its visual-token grid.")
+
+    def visual_grids_batch(
+        self, inputs: dict[str, Any], counts: list[int]
+    ) -> list[list[tuple[int, int]] | None]:
+        """:meth:`visual_grids` of every sample (None where there is none), given each sample's number of
+        visual tokens ``counts`` already on the host: families override it to avoid a device round trip
+        per sample."""
+        grids: list[list[tuple[int, int]] | None] = []
+        for sample in range(len(counts)):
+            try:
+                grids.append(self.visual_grids(inputs, sample))
+            except (NotImplementedError, ValueError, KeyError):
+                grids.append(None)
+        return grids

@@ -55,6 +55,11 @@ class LlavaAdapter(Adapter):
             raise ValueError(f"Expected a square grid of visual tokens, got {n} tokens.")
         return [(side, side)]
 
+    def visual_grids_batch(
+        self, inputs: dict[str, Any], counts: list[int]
+    ) -> list[list[tuple[int, int]] | None]:
+        return [[(math.isqrt(n), math.isqrt(n))] if math.isqrt(n) ** 2 == n else None for n in counts]
+
 
 class LlavaNextAdapter(Adapter):
     """LLaVA-NeXT: base image plus anyres crops with newline tokens; grid geometry is not a plain square."""
@@ -101,6 +106,26 @@ class Qwen2VLAdapter(Adapter):
             grids.append((h // merge, w // merge))
             seen += t * (h // merge) * (w // merge)
             i += 1
+        return grids
+
+    def visual_grids_batch(
+        self, inputs: dict[str, Any], counts: list[int]
+    ) -> list[list[tuple[int, int]] | None]:
+        grid_thw = inputs.get("image_grid_thw")
+        if grid_thw is None:
+            raise ValueError("image_grid_thw is needed to lay out Qwen2-VL visual tokens.")
+        merge = self.config.vision_config.spatial_merge_size
+        rows = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else list(grid_thw)  # one sync
+        grids: list[list[tuple[int, int]] | None] = []
+        i = 0
+        for count in counts:  # images are consumed in order across the batch
+            sample, seen = [], 0
+            while seen < count and i < len(rows):
+                t, h, w = (int(v) for v in rows[i])
+                sample.append((h // merge, w // merge))
+                seen += t * (h // merge) * (w // merge)
+                i += 1
+            grids.append(sample)
         return grids
 
 

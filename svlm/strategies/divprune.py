@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import torch
 
+from svlm.engine.scoring import rows_from_mask
+from svlm.engine.sequence import gather_rows
+from svlm.kernels.max_min import max_min_select
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
 from svlm.strategies.registry import register_strategy
+
+
+def cosine_distances(features: torch.Tensor) -> torch.Tensor:
+    """[..., m, m] pairwise cosine distances ``1 - cos`` of rows ``features`` [..., m, d] (float32)."""
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    return 1 - torch.matmul(x, x.transpose(-1, -2))
 
 
 def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of ``k`` rows chosen greedily to maximise the minimum cosine distance to those chosen."""
     n = features.shape[0]
-    k = max(0, min(k, n))
-    if k == 0:
-        return torch.zeros(0, dtype=torch.long, device=features.device)
-    x = torch.nn.functional.normalize(features.float(), dim=-1)
-    dist = 1 - x @ x.T
-    chosen = [int(dist.sum(-1).argmax())]
-    nearest = dist[chosen[0]].clone()
-    nearest[chosen[0]] = -1
-    for _ in range(k - 1):
-        nxt = int(nearest.argmax())
-        chosen.append(nxt)
-        nearest = torch.minimum(nearest, dist[nxt])
-        nearest[chosen] = -1
-    return torch.tensor(sorted(chosen), dtype=torch.long, device=features.device)
+    valid = torch.ones(1, n, dtype=torch.bool, device=features.device)
+    count = torch.full((1,), max(0, min(k, n)), dtype=torch.long, device=features.device)
+    chosen = max_min_select(cosine_distances(features).unsqueeze(0), valid, count)[0]
+    return torch.arange(n, device=features.device)[chosen]
 
 
 @register_strategy("divprune")
@@ -43,10 +42,9 @@ class DivPrune(Strategy):
 
     def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
         targets = self.target_tokens(ctx).round().long()
-        keep = torch.zeros_like(view.visual)
         visual = view.visual & view.valid
-        for b in range(view.hidden.shape[0]):
-            slots = visual[b].nonzero().squeeze(-1)
-            chosen = max_min_diverse(view.hidden[b, slots], int(targets[b]))
-            keep[b, slots[chosen]] = True
+        slots, ok = rows_from_mask(visual)  # each sample's visual slots, left-aligned
+        dist = cosine_distances(gather_rows(view.hidden, slots))
+        chosen = max_min_select(dist, ok, targets.to(ok.device)) & ok
+        keep = torch.zeros_like(visual).scatter_(1, slots, chosen)
         return Selection(keep=keep, info={"kept": targets})

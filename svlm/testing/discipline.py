@@ -163,9 +163,10 @@ def _is_sync(func: Callable[..., Any], args: tuple, kwargs: dict) -> bool:
     if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
-    if func is torch.Tensor.to:
+    if func is torch.Tensor.to:  # an explicit copy to the host (``.to(x.device)`` is not judged: on a CPU
+        # run every device is the CPU)
         target = kwargs.get("device", args[1] if len(args) > 1 else None)
-        return isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu"
+        return isinstance(target, str) and torch.device(target).type == "cpu"
     if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave):
         repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
         return isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None
