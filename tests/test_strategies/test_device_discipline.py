@@ -25,13 +25,8 @@ VARIANTS: dict[str, list[dict]] = {
     "random": [{"budget": 0.6}, {"budget": 0.6, "layer": 1}],
 }
 
-# strategies/sparsevlm.py is being rewritten on its own branch; its remaining factories are listed there.
-PENDING = {
-    "sparsevlm": pytest.mark.xfail(reason="sparsevlm.py: rewrite pending on branch sparsevlm", strict=False)
-}
-
 CASES = [
-    pytest.param(name, kwargs, id=f"{name}-{i}", marks=[PENDING[name]] if name in PENDING else [])
+    pytest.param(name, kwargs, id=f"{name}-{i}")
     for name in svlm.available_strategies()
     for i, kwargs in enumerate(VARIANTS.get(name, [{} if name == "dense" else {"budget": 0.6}]))
 ]

@@ -33,21 +33,13 @@ VARIANTS: dict[str, list[dict]] = {
     "pooling": [{"budget": 0.6}],
     "vtc_cls": [{"budget": 0.6}],
 }
-# strategies/sparsevlm.py is rewritten on its own branch (vectorised rank rule and recycling).
-PENDING = {
-    ("sparsevlm", 1): "recycling clusters each sample in a Python loop (sparsevlm.py, branch sparsevlm)",
-    ("sparsevlm", 2): "the rank rule takes each sample's rank on the host (sparsevlm.py, branch sparsevlm)",
-}
 
 
 def cases() -> list:
     params = []
     for name in svlm.available_strategies():
         for i, kwargs in enumerate(VARIANTS.get(name, [{"budget": 0.6}])):
-            marks = []
-            if (name, i) in PENDING:
-                marks.append(pytest.mark.xfail(reason=PENDING[(name, i)], strict=False))
-            params.append(pytest.param(name, kwargs, id=f"{name}-{i}", marks=marks))
+            params.append(pytest.param(name, kwargs, id=f"{name}-{i}"))
     return params
 
 
