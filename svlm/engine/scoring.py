@@ -59,8 +59,8 @@ def attention_rows(
     b, n, _ = k.shape
     q_rows = gather_rows(q, rows).view(b, -1, num_heads, head_dim).transpose(1, 2).float()
     q_rows = rotary(q_rows, gather_rows(cos, rows).float(), gather_rows(sin, rows).float())
-    if rotated_keys is not None:
-        keys = rotated_keys.float()
+    if rotated_keys is not None:  # the head-mean kernels read them in their own dtype
+        keys = rotated_keys if reduce_heads else rotated_keys.float()
     else:
         keys = k.view(b, n, num_kv_heads, head_dim).transpose(1, 2).float()
         keys = rotary(keys, cos.float(), sin.float())
