@@ -54,7 +54,9 @@ test-latest:
 # evaluator, CLI and image tasks import. `pip install -e '.[lmms]'` installs it with all its requirements.
 LMMS_VENV ?= .venv-lmms
 LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
-LMMS_DEPS ?= accelerate loguru sacrebleu evaluate pytz tenacity
+LMMS_DEPS ?= accelerate loguru sacrebleu evaluate pytz tenacity pytablewriter
+# lmms-eval 0.7.3 patches filelock internals that filelock 4 no longer has
+LMMS_PINS ?= "filelock<4"
 LMMS_STAMP := $(LMMS_VENV)/.svlm-lmms-installed
 
 install-lmms: $(LMMS_STAMP)
@@ -65,6 +67,7 @@ $(LMMS_STAMP): pyproject.toml $(CONSTRAINTS)
 	$(LMMS_VENV)/bin/python -m pip install $(PIN) -e ".[dev]"
 	$(LMMS_VENV)/bin/python -m pip install --no-deps "$(LMMS_EVAL_SPEC)"
 	$(LMMS_VENV)/bin/python -m pip install $(PIN) $(LMMS_DEPS)
+	$(LMMS_VENV)/bin/python -m pip install $(LMMS_PINS)
 	touch $@
 
 # The lmms tier: svlm's metrics and prompts against lmms-eval's own functions, and lmms-eval runs end to end
