@@ -7,9 +7,9 @@
 Generation is exactly ``svlm test``'s: the same model loading, chat template (one image entry per visual,
 then lmms-eval's prompt text), left-padded batches, greedy decoding and stripping, so the same samples get
 the same answers in both. Requests are batched in lmms-eval's document order per task and generation
-settings. svlm's cost report of every task (budget both ways, FLOPs ratio, KV-cache bytes, visual tokens)
-is logged, added to lmms-eval's ``throughput`` summary of the results file, and written as JSON to
-``report=<path>`` when given.
+settings; one process evaluates every document (run one lmms-eval process per device). svlm's cost report
+of every task (budget both ways, FLOPs ratio, KV-cache bytes, visual tokens) is logged, added to
+lmms-eval's ``throughput`` summary of the results file, and written as JSON to ``report=<path>`` if given.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class SVLM(lmms):
             cpu_threads=cpu_threads,
         )
         self.pretrained = str(pretrained)
+        self.default_max_new_tokens = int(max_new_tokens)
         self.point_label = self.engine.point_configs[0].label
         self._device_name = device
         self.batch_size_per_gpu = _batch_size(batch_size)
@@ -169,7 +170,7 @@ class SVLM(lmms):
             gen_kwargs = dict(gen_kwargs)
             until = gen_kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            self.engine.max_new_tokens = _greedy_limit(gen_kwargs, self.engine.max_new_tokens)
+            self.engine.max_new_tokens = _greedy_limit(gen_kwargs, self.default_max_new_tokens)
             inputs = self.engine.tokenize(self._batch(chunk))
             new_ids, report, timing = self.engine.generate(0, inputs, seed=self.engine.seed + int(first_doc))
             timing["new_tokens"] = int((new_ids != self.engine._pad_id()).sum())

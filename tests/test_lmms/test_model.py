@@ -77,6 +77,15 @@ def test_batches_answer_like_single_requests(sparse_lm):
     )
 
 
+def test_a_task_without_a_limit_gets_the_model_default(sparse_lm):
+    reqs, sparse_lm.task_dict = _requests(1, {"max_new_tokens": 1})
+    sparse_lm.generate_until(reqs)
+    assert sparse_lm.engine.max_new_tokens == 1
+    reqs, sparse_lm.task_dict = _requests(1, {})
+    sparse_lm.generate_until(reqs)
+    assert sparse_lm.engine.max_new_tokens == 16  # not the previous task's limit
+
+
 def test_refusals_name_the_problem(sparse_lm):
     reqs, sparse_lm.task_dict = _requests(1, {"max_new_tokens": 4, "temperature": 0.7, "do_sample": True})
     with pytest.raises(ValueError, match="decodes greedily"):
