@@ -30,7 +30,13 @@ PIN = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/python -m pip install $(PIN) -e ".[dev]"
-	@# The optional Triton kernels are tested under TRITON_INTERPRET=1; without triton those tests skip.
+	touch $@
+
+# triton (~290 MB) only for the tests: they run the Triton kernels under TRITON_INTERPRET=1 on CPU (and skip
+# them without it). `make install` and `make demo` never download it; CUDA builds of torch bring their own.
+TRITON_STAMP := $(VENV)/.svlm-triton
+
+$(TRITON_STAMP): $(STAMP)
 	$(BIN)/python -m pip install $(PIN) -e ".[triton]" || echo "triton could not be installed: its kernel tests will be skipped"
 	touch $@
 
@@ -42,7 +48,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint $(TRITON_STAMP)
 	$(BIN)/pytest
 
 # The same tests against whatever PyPI serves today, in a venv of their own: upgrades are a decision.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import sys
 import typing
@@ -36,6 +37,30 @@ HELPERS_HELP = (
     "latency and FLOPs of strategies on synthetic inputs. `--import MODULE` (any subcommand, repeatable) "
     "imports a module of yours that registers strategies; modules of the current folder import as they are."
 )
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ... try installing litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_TIPS_FILTER = _DropLightningTips()
+
+
+def quiet_third_party() -> None:
+    """Silence messages of the libraries svlm runs on that say nothing about the run: Lightning's install
+    tips and its use of torch's deprecated ``LeafSpec`` (a ``FutureWarning`` from Lightning's own code)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _TIPS_FILTER not in rank_zero.filters:
+        rank_zero.addFilter(_TIPS_FILTER)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
 
 
 def _datamodule_class() -> type:
@@ -70,6 +95,7 @@ class SVLMCLI(LightningCLI):
 
     def __init__(self, *args: Any, parse_only: bool = False, **kwargs: Any) -> None:
         self.parse_only = parse_only
+        quiet_third_party()
         kwargs.setdefault("model_class", VLMEvaluator)
         kwargs.setdefault("datamodule_class", _datamodule_class())
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})

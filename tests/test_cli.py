@@ -111,3 +111,38 @@ def test_python_dash_m_svlm():
     assert proc.returncode == 0, proc.stderr
     assert "test" in proc.stdout and "svlm strategies" in proc.stdout
     assert proc.stdout.startswith("usage: svlm ")  # not `__main__.py`
+
+
+def test_lightning_tips_and_leafspec_warning_are_silenced():
+    """Lines that say nothing about the run: Lightning's install tips and its deprecated LeafSpec use."""
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    from svlm.cli import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        _tree_flatten(1)  # Lightning builds a torch LeafSpec here
+    assert [str(w.message) for w in caught] == []
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "💡 Tip: try installing x", None, None)
+    other = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "GPU available: False", None, None)
+    assert not logger.filter(tip) and logger.filter(other)
+
+
+def test_cache_out_does_not_touch_the_deprecated_alias(monkeypatch):
+    """Reading a model output's cache never goes through transformers' deprecated `past_key_values` alias,
+    which logs a warning once per process."""
+    import torch
+    import transformers.utils.generic as generic
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from svlm.engine.cache import cache_out
+
+    warned = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda msg, *a, **k: warned.append(msg))
+    output = CausalLMOutputWithPast(logits=torch.zeros(1, 1, 2))
+    assert cache_out(output) is None and warned == []

@@ -41,7 +41,10 @@ def cache_in(kwargs: dict[str, Any]) -> Any:
 def cache_out(output: Any) -> Any:
     """The KV cache a model returned (``output.cache`` or ``output.past_key_values``), or None."""
     cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
+    fields = getattr(output, "__dataclass_fields__", None)
+    if cache is None and (fields is None or "past_key_values" in fields):  # the old name, where it is a field
+        cache = getattr(output, "past_key_values", None)  # (else a deprecated alias that logs a warning)
+    return cache
 
 
 class BufferedLayer(DynamicLayer):

@@ -1,0 +1,33 @@
+"""What the Makefile targets install (dry runs: `make -n` prints the commands without running them)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def _dry_run(target: str, venv: Path) -> str:
+    proc = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_only_make_test_installs_the_kernel_extra(tmp_path):
+    """triton (~290 MB) only serves the interpreter tests of the kernels: `make demo` on a fresh machine
+    never downloads it; every install stays pinned by the constraints."""
+    demo = _dry_run("demo", tmp_path / "venv")
+    assert "triton" not in demo.replace(str(tmp_path), "")
+    assert '-c constraints.txt -e ".[dev]"' in demo
+    assert demo.rstrip().endswith("svlm test --config configs/demo.yaml")
+    test = _dry_run("test", tmp_path / "venv")
+    assert '-c constraints.txt -e ".[triton]"' in test
+    assert test.index(".[triton]") < test.index("bin/pytest")
