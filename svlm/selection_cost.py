@@ -27,6 +27,7 @@ import svlm
 from svlm.kernels import rows_attention
 from svlm.models import _parse_tiny
 from svlm.testing import random_image, tiny_vlm
+from svlm.testing.discipline import CallCounter, SyncCounter
 
 LLAVA_7B = (
     "tiny:llava?num_layers=32&hidden_size=4096&num_attention_heads=32&intermediate_size=11008"
@@ -102,7 +103,10 @@ def measure_selection(
         with torch.no_grad():
             dense(**inputs)  # warm-up
             dense_s = _median_seconds(functools.partial(dense, **inputs), device, repeats)
-        results.add("selection", {"batch": batch, "strategy": "dense", "prefill_ms": dense_s * 1e3})
+        with torch.no_grad(), SyncCounter() as syncs, CallCounter() as calls:
+            dense(**inputs)
+        row = {"batch": batch, "strategy": "dense", "prefill_ms": dense_s * 1e3}
+        results.add("selection", {**row, "syncs": syncs.total, "torch_calls": calls.total})
         for name in strategies:
             for budget in budgets:
                 row: dict[str, Any] = {"batch": batch, "strategy": name, "budget": budget}
@@ -114,7 +118,11 @@ def measure_selection(
                         for _ in range(repeats):
                             totals.append(_median_seconds(functools.partial(sparse, **inputs), device, 1))
                             scoring.append(sparse.last_report.scoring_seconds)
+                        with SyncCounter() as syncs, CallCounter() as calls:
+                            sparse(**inputs)  # not timed: what svlm's own code asked of torch
                     row.update(
+                        syncs=syncs.total,
+                        torch_calls=calls.total,
                         prefill_ms=statistics.median(totals) * 1e3,
                         selection_ms=statistics.median(scoring) * 1e3,
                         share=statistics.median(scoring) / dense_s,

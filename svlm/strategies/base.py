@@ -307,44 +307,45 @@ def schedule_counts(
         raise ValueError("schedule_counts needs at least one pruning layer.")
     if sorted(set(layers)) != layers:
         raise ValueError(f"Pruning layers must be strictly increasing; got {layers}.")
-    # The solve runs on the host, on one copy of the per-sample numbers: one sync, however many samples
-    # and layers, and a handful of CPU operations instead of dozens of tiny GPU launches.
+    if shape is not None and len(shape) != len(layers):
+        raise ValueError(f"shape has {len(shape)} entries for {len(layers)} pruning layers.")
+    # The solve runs on the host, on one copy of the per-sample numbers: one sync however many samples and
+    # layers, and plain float arithmetic (a few microseconds) instead of dozens of tiny tensor operations.
     device = n_visual.device
-    host = torch.stack([n_visual.double(), budget.double().to(device)]).cpu()
-    n, b = host[0], host[1]
-    cpu = torch.device("cpu")
-    shape_t = torch.tensor(
-        shape if shape is not None else [1.0] * len(layers), dtype=torch.float64, device=cpu
-    )
-    if len(shape_t) != len(layers):
-        raise ValueError(f"shape has {len(shape_t)} entries for {len(layers)} pruning layers.")
+    n_host, b_host = torch.stack([n_visual.double(), budget.double().to(device)]).tolist()
+    weights = [float(x) for x in shape] if shape is not None else [1.0] * len(layers)
     bounds = layers[1:] + [num_layers - 1]
-    spans = torch.tensor(
-        [hi - lo for lo, hi in zip(layers, bounds, strict=True)], dtype=torch.float64, device=cpu
-    )
-    full = (layers[0] + 1) * n  # tokens seen before the first pruning
-    free = b * num_layers - full
-    if bool(((free < spans.sum() - 1e-9) & (n > 0)).any()):
-        minimum = (full + spans.sum()) / num_layers
+    spans = [float(hi - lo) for lo, hi in zip(layers, bounds, strict=True)]
+    span_total = sum(spans)
+    short = [(b, n) for n, b in zip(n_host, b_host, strict=True) if n > 0]
+    short = [(b, n) for b, n in short if b * num_layers - (layers[0] + 1) * n < span_total - 1e-9]
+    if short:
+        minimum = max(((layers[0] + 1) * n + span_total) / num_layers for _, n in short)
         raise BudgetError(
-            f"budget={float(b.min()):g} cannot be met with pruning after layer {layers[0]} of a "
+            f"budget={min(b_host):g} cannot be met with pruning after layer {layers[0]} of a "
             f"{num_layers}-layer model: the first {layers[0] + 1} layers alone average "
-            f"{float(minimum.max()):.1f} visual tokens per layer. Prune earlier (e.g. layer 0 or -1) or "
-            "raise the budget."
+            f"{minimum:.1f} visual tokens per layer. Prune earlier (e.g. layer 0 or -1) or raise the budget."
         )
-    counts = torch.zeros(len(n), len(layers), dtype=torch.float64, device=cpu)
-    fixed = torch.zeros(len(n), len(layers), dtype=torch.bool, device=cpu)
-    for _ in range(len(layers) + 1):  # clamp at n_visual and re-solve for the rest
-        rest = free - (counts * spans * fixed).sum(-1)
-        weight = (shape_t * spans * ~fixed).sum(-1).clamp_min(1e-9)
+    rows = [
+        _solve_counts(n, b * num_layers - (layers[0] + 1) * n, spans, weights)
+        for n, b in zip(n_host, b_host, strict=True)
+    ]
+    return torch.tensor(rows, dtype=torch.long, device=device).view(len(n_host), len(layers))
+
+
+def _solve_counts(n: float, free: float, spans: list[float], weights: list[float]) -> list[int]:
+    """One sample's counts: ``free`` token-layers shared in proportion to ``weights`` over layer ``spans``,
+    each count clamped at ``n`` (the rest re-solved), rounded half to even, at least 1 (0 without image)."""
+    steps = len(spans)
+    counts, fixed = [0.0] * steps, [False] * steps
+    for _ in range(steps + 1):
+        rest = free - sum(c * s for c, s, f in zip(counts, spans, fixed, strict=True) if f)
+        weight = max(sum(w * s for w, s, f in zip(weights, spans, fixed, strict=True) if not f), 1e-9)
         scale = rest / weight
-        proposal = scale.unsqueeze(-1) * shape_t
-        counts = torch.where(fixed, counts, proposal)
-        over = (counts > n.unsqueeze(-1)) & ~fixed
-        if not bool(over.any()):
+        counts = [c if f else scale * w for c, w, f in zip(counts, weights, fixed, strict=True)]
+        over = [c > n and not f for c, f in zip(counts, fixed, strict=True)]
+        if not any(over):
             break
-        counts = torch.where(over, n.unsqueeze(-1), counts)
-        fixed |= over
-    counts = torch.minimum(counts, n.unsqueeze(-1))
-    counts = torch.where(n.unsqueeze(-1) > 0, counts.round().clamp_min(1), 0).long()
-    return counts.to(device, non_blocking=True)
+        counts = [n if o else c for c, o in zip(counts, over, strict=True)]
+        fixed = [f or o for f, o in zip(fixed, over, strict=True)]
+    return [max(1, round(min(c, n))) if n > 0 else 0 for c in counts]

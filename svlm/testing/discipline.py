@@ -195,3 +195,18 @@ class SyncCounter(TorchFunctionMode):
             if _in_scope(filename, host_ok=False):
                 self.sites[f"{_where(filename, line, name)}: {getattr(func, '__name__', func)}"] += 1
         return func(*args, **kwargs)
+
+
+class CallCounter(TorchFunctionMode):
+    """Counts the torch functions svlm code calls while active (``total``), views and metadata included:
+    on a GPU at small batch each costs host time, so this is what selection's launch overhead scales with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        filename, _, _ = _caller()
+        if _in_scope(filename, host_ok=False):
+            self.total += 1
+        return func(*args, **(kwargs or {}))
