@@ -36,9 +36,9 @@ def mirrors(tmp_path_factory) -> dict[str, str]:
 
 
 def test_registry_covers_the_paper_benchmarks():
-    expected = {"shapes", "gqa", "pope", "mme", "textvqa", "scienceqa_img", "mmbench", "vqav2"}
+    expected = {"shapes", "scenes", "gqa", "pope", "mme", "textvqa", "scienceqa_img", "mmbench", "vqav2"}
     assert expected <= set(available_benchmarks())
-    assert set(fixture_benchmarks()) == expected - {"shapes"}
+    assert set(fixture_benchmarks()) == expected - {"shapes", "scenes"}
 
 
 @pytest.mark.parametrize("name", ["gqa", "pope", "mme", "textvqa", "scienceqa_img", "mmbench", "vqav2"])

@@ -19,7 +19,7 @@ import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 
-from svlm.data import shapes
+from svlm.data import scenes, shapes
 from svlm.data.loading import load_split
 from svlm.data.prompts import (
     LETTERS,
@@ -285,6 +285,20 @@ def _shapes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
     )
 
 
+def _scenes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
+    return make_sample(
+        id=row["id"],
+        image=row["image"],
+        question=row["question"],
+        prompt=with_instruction(row["question"], SHORT_ANSWER),
+        answers=list(row["answers"]),
+        answer_type="yesno" if row["question_type"] == "exist" else "open",
+        category=row["question_type"],
+        image_id=row["id"],
+        task="scenes",
+    )
+
+
 # ------------------------------------------------------------------------------------------------- registry
 
 for _spec in (
@@ -293,6 +307,14 @@ for _spec in (
         val_split="val",
         categories=shapes.QUESTION_TYPES, aliases=("svlm-shapes", "svlm_shapes"),
         description="synthetic grounded QA generated offline (svlm.data.shapes)",
+        extra={"generated": True},
+    ),
+    BenchmarkSpec(
+        "scenes", _scenes, hub=None, split="test", metric="vqa_exact_match", train_split="train",
+        val_split="val",
+        categories=scenes.QUESTION_TYPES, aliases=("svlm-scenes", "svlm_scenes"),
+        description="cluttered synthetic scenes: text, relations, evidence annotations (svlm.data.scenes)",
+        extra={"generated": True},
     ),
     BenchmarkSpec(
         "gqa", _gqa, hub="lmms-lab-encoder/GQA", config="testdev_balanced_instructions", split="testdev",
@@ -363,7 +385,8 @@ def load_benchmark(
         reads (``lmms-lab-encoder/<X>``).
     limit: keep the first `limit` rows, or `limit` random rows when `seed` is given (the first rows of GQA or
         MME are one category, so a seeded subset is the representative one).
-    image_size, num_samples, shapes_kwargs: only for "shapes" (generated, `limit` is the number of samples).
+    image_size, num_samples, shapes_kwargs: only for the generated "shapes" and "scenes" (`limit` is the
+        number of samples; `shapes_kwargs` go to the generator).
     """
     spec = get_benchmark(name)
     split = split or spec.split
@@ -379,6 +402,15 @@ def load_benchmark(
             split, n, seed=seed or 0, image_size=image_size, **(shapes_kwargs or {})
         )
         return BenchmarkDataset(spec, raw, split, source=f"{shapes.NAME}(seed={seed or 0})")
+    if spec.name == "scenes" and path is None:
+        try:
+            split = scenes.resolve_split(split)
+        except ValueError as e:
+            raise SplitNotFoundError(str(e)) from None
+        raw = scenes.build_scenes_dataset(
+            split, limit or num_samples or 500, seed=seed or 0, image_size=image_size, **(shapes_kwargs or {})
+        )
+        return BenchmarkDataset(spec, raw, split, source=f"{scenes.NAME}(seed={seed or 0})")
     source = os.fspath(path) if path is not None else spec.hub
     if source is None:
         raise DataError(f"benchmark {spec.name!r} has no default source; pass path=")
@@ -416,6 +448,11 @@ def describe_benchmarks() -> list[dict[str, Any]]:
     """Name, default source/config/split, metric and description of every benchmark (for CLI listings)."""
     keys = ("name", "hub", "config", "split", "metric", "aliases", "description")
     return [{k: getattr(get_benchmark(n), k) for k in keys} for n in available_benchmarks()]
+
+
+def is_generated(name: str) -> bool:
+    """Whether benchmark `name` is generated offline from a seed (svlm-shapes, svlm-scenes)."""
+    return bool(get_benchmark(name).extra.get("generated"))
 
 
 def categories_of(name: str) -> Sequence[str] | None:

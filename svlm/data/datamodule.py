@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from svlm.data.benchmarks import BenchmarkDataset, BenchmarkSpec, get_benchmark, load_benchmark
+from svlm.data.benchmarks import BenchmarkDataset, BenchmarkSpec, get_benchmark, is_generated, load_benchmark
 from svlm.data.prompts import build_conversation
 from svlm.data.schema import DataError, Sample
 
@@ -105,11 +105,13 @@ class VLMDataModule(LightningDataModule):
         path: Hub repo or local path of the data; default: the repo lmms-eval 0.7.3 reads (shapes: generated).
         split: evaluation split (test/predict, and validate unless `val_split`); default: the benchmark's.
         config: dataset config (Hub subset / local sub-folder); default: the benchmark's.
-        limit: use at most this many samples per split (for "shapes": how many to generate; default 500).
+        limit: use at most this many samples per split (for the generated "shapes" and "scenes": how many to
+            generate; default 500).
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
-        seed: generator seed for "shapes"; shuffling seed for training; subset seed when `random_subset`.
-        image_size: image side in pixels for "shapes".
+        seed: generator seed for "shapes" and "scenes"; shuffling seed for training; subset seed when
+            `random_subset`.
+        image_size: image side in pixels for "shapes" and "scenes".
         train_split: split used by `fit` (calibration); default: the benchmark's train split.
         val_split: split used by `validate` and during `fit`; default: the benchmark's, else `split`.
         train_limit: like `limit`, for the training split (default: `limit`).
@@ -170,7 +172,7 @@ class VLMDataModule(LightningDataModule):
                 split,
                 config=self.config,
                 limit=limit,
-                seed=self.seed if (self.random_subset or self.benchmark == "shapes") else None,
+                seed=self.seed if (self.random_subset or is_generated(self.benchmark)) else None,
                 image_size=self.image_size,
                 cache_dir=self.cache_dir,
             )
@@ -189,7 +191,7 @@ class VLMDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Download / cache the data of the current stage once per node (Lightning calls this on local rank 0
         before the other ranks load it in `setup`); the generated "shapes" needs nothing."""
-        if self.benchmark == "shapes" or self.path is not None and not self._remote(self.path):
+        if is_generated(self.benchmark) or self.path is not None and not self._remote(self.path):
             return
         fn = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
         stage = getattr(fn, "value", fn)

@@ -3,6 +3,7 @@
 from svlm.strategies import (  # noqa: F401  (registration)
     dense,
     divprune,
+    evidence_oracle,
     fastv,
     pooling,
     pyramiddrop,

@@ -183,6 +183,9 @@ class Strategy:
     """
 
     name: ClassVar[str] = ""
+    #: True for an upper bound that reads benchmark annotations instead of the inputs (``evidence_oracle``):
+    #: left out of ``available_strategies()`` and so of every-strategy sweeps, still built by its name
+    oracle: ClassVar[bool] = False
 
     def vision_attention_layers(self, adapter: Any) -> list[int]:
         """Vision-encoder layers whose q/k projections the strategy wants captured (see ``ctx.vision``)."""

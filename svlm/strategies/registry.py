@@ -31,10 +31,12 @@ def _load_plugins() -> None:
     load_entry_points()
 
 
-def available_strategies() -> list[str]:
-    """Names of all registered strategies (the ``svlm.strategies`` entry-point plug-ins included)."""
+def available_strategies(include_oracles: bool = False) -> list[str]:
+    """Names of all registered strategies (the ``svlm.strategies`` entry-point plug-ins included); oracles
+    (upper bounds that read benchmark annotations, such as ``evidence_oracle``) only with
+    ``include_oracles``."""
     _load_plugins()
-    return STRATEGIES.names()
+    return [n for n in STRATEGIES.names() if include_oracles or not STRATEGIES.get(n).oracle]
 
 
 def strategy_class(name_or_path: str) -> type[Strategy]:
