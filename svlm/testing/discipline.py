@@ -38,6 +38,7 @@ HOST_MODULES: tuple[str, ...] = (
     "svlm/data/",
     "svlm/metrics/",
     "svlm/zoo/train_default.py",
+    "svlm/zoo/recipe/",
     "svlm/testing/processor.py",
     "svlm/testing/tokenizer.py",
     "svlm/testing/images.py",

@@ -1,0 +1,268 @@
+"""Recipe options (`RecipeConfig`), the smoke preset, and the checks that name a bad option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from svlm.data import shapes
+
+PATCH_SIZE = 14
+VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
+SCENE_COUNT_CLASSES = 4  # the scene-summary head's objects per colour: 0, 1, 2, 3 or more
+
+
+@dataclass
+class RecipeConfig:
+    """Everything that determines the trained weights (written to ``training_log.json``)."""
+
+    seed: int = 0
+    # stage 1: vision-tower pretraining (stands in for CLIP's pretraining; 0 skips it)
+    vision_steps: int = 1500
+    vision_batch_size: int = 16
+    vision_lr: float = 3e-3
+    cell_loss_weight: float = 0.1  # weight of the grid-cell head
+    # shape labels on the patch at each object's centre first (unambiguous), on every patch it covers from
+    # this fraction of the stage on, so that all of an object's tokens carry its shape
+    shape_dense_from: float = 1.0
+    # label an object's non-centre patches "part of an object" (an extra shape class) instead of leaving them
+    # unlabelled, so that exactly one patch per object says "centre": what counting objects needs
+    part_class: bool = False
+    vision_min_objects: int = 5  # crowded scenes: more labelled objects per image at the same cost
+    # weight of a head that names, at every object patch, how many objects of that patch's colour the image
+    # holds (1, 2, 3, 4+): the tower's self-attention sees the whole image, the decoder's attention can only
+    # average what it attends to, so the count has to be in the features it reads (0 turns it off)
+    count_loss_weight: float = 0.25
+    # weight of a scene-summary head at every patch: how many objects of each colour the image holds (0, 1, 2,
+    # 3+), global content of the kind CLIP features carry; counting then reads one token's features instead of
+    # aggregating attention over several objects (0 turns it off)
+    scene_loss_weight: float = 0.0
+    # stage 1b: projector alignment (LLaVA's projector pretraining, here on the scene annotation): the visual
+    # tokens are pulled towards the input embeddings of the words that name their object's colour and shape,
+    # so that a question's key words and the image tokens they are about start out alike (0 skips it)
+    align_steps: int = 300
+    align_batch_size: int = 16
+    align_lr: float = 2e-3
+    # also pull each object token towards the digit of its colour's object count (" 1" ... " 4"), the answer
+    # of "How many <colour> shapes are there?" that stage 1's count head put in the tower's features
+    align_counts: bool = False
+    # also pull every token towards the words of where its patch lies: " top"/" bottom" for the first/last
+    # row of the 3x3 grid and " left"/" right" for the first/last column (the middle ones towards
+    # "background"), the words in "What shape is at the top left of the image?" and "top-left"
+    align_cells: bool = False
+    # stage 2: end-to-end VQA training of the whole model
+    steps: int = 5600
+    vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
+    batch_size: int = 8
+    questions_per_image: int = 8
+    # how often each question type comes up among an image's derived questions ("count:3": three count
+    # questions per cycle of the five types; types not named weigh 1)
+    question_weights: str = "count:2"
+    # the first `lead_steps` steps ask only questions of these types (e.g. "count"): a skill the mix of all
+    # five types does not pick up can be learned alone first
+    lead_types: str = "count"
+    lead_steps: int = 400
+    # the lead window starts at this step (0: the first steps); a later window lets the mix of all types learn
+    # first (e.g. colour, fast after the projector alignment) and then teaches the lead types alone
+    lead_start: int = 800
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # attention supervision: weight of -log(attention mass on the evidence patches) from the answer position,
+    # for half the heads of these decoder layers (0 turns it off)
+    attention_weight: float = 1.0
+    attention_layers: str = "4,6"  # queries at the position that predicts the answer
+    keyword_layers: str = "1,2"  # queries at the question's key word ("What color is the circle?" -> circle)
+    # question types whose attention is supervised (leaving out "count" lets its answer live in how much
+    # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
+    attention_types: str = "color,shape,count,exist,position"
+    # architecture
+    image_size: int = 224
+    vision_hidden_size: int = 96
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_initializer_range: float = 0.2
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    num_layers: int = 8
+    num_heads: int = 4
+    initializer_range: float = 0.05
+    # one matrix for the input embeddings and the LM head (as in Llama 3.2 1B/3B): a visual token aligned with
+    # a word's embedding (stage 1b) then reads out as that word when attention copies it to the answer
+    tie_word_embeddings: bool = True
+    # RoPE base of the decoder. With 32-dim heads and Llama's 10000 only a few rotary pairs turn slowly enough
+    # for a query to match visual tokens by content across the ~260 positions between them
+    rope_theta: float = 10000.0
+    # std of the decoder's residual-branch outputs (o_proj, down_proj) = initializer_range * this / sqrt(2 L):
+    # a deep narrow stack then starts close to the identity and learns like a shallow one
+    residual_init_scale: float = 1.0
+    # data (the svlm-shapes generator's defaults, as evaluated by `svlm test`)
+    data_image_size: int = 336
+    # visual tokens each training image keeps (0: all): every token an object covers, then background tokens
+    # at random, at their original positions, as drop-only pruning would; the decoder's cost falls with the
+    # sequence length, and the last (1 - `train_visual_until`) of the steps see all tokens again
+    train_visual_tokens: int = 80
+    train_visual_until: float = 0.85
+    # curriculum: (end of phase as a fraction of `steps`, min objects, max objects) per phase; scenes with one
+    # object first teach the model to find the object among background tokens, then binding (2-5 objects)
+    curriculum: str = "0.03:1:1,0.1:1:3,1.0:2:5"
+    # evaluation during training (val split; the test split is only used for the final report)
+    eval_every: int = 700
+    eval_samples: int = 100
+    test_samples: int = 500
+    # CPU threads of stage 1 and stage 2 (as in the shipped run: other counts change floating-point sums)
+    vision_threads: int = 2
+    threads: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return (self.image_size // PATCH_SIZE) ** 2
+
+
+SMOKE = {
+    "steps": 3,
+    "batch_size": 2,
+    "questions_per_image": 2,
+    "num_layers": 2,
+    "vision_layers": 1,
+    "eval_every": 0,
+    "eval_samples": 4,
+    "test_samples": 4,
+    "warmup_steps": 1,
+    "vision_steps": 2,
+    "vision_batch_size": 2,
+    "attention_layers": "1",
+    "keyword_layers": "0",
+    "lead_steps": 1,
+    "lead_start": 0,
+    "align_steps": 2,
+    "align_batch_size": 2,
+    "vision_threads": 1,
+    "threads": 1,
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Training scenes up to ``end`` (fraction of the steps): ``min_objects``-``max_objects`` shapes of side
+    ``shape_scale`` x image size."""
+
+    end: float
+    min_objects: int
+    max_objects: int
+    shape_scale: float = 1 / 7
+
+    def scene_kwargs(self) -> dict[str, Any]:
+        return {
+            "min_objects": self.min_objects,
+            "max_objects": self.max_objects,
+            "shape_scale": self.shape_scale,
+        }
+
+
+def parse_curriculum(spec: str) -> list[Phase]:
+    """``"0.1:1:1:0.3,1.0:2:5"`` -> phases (end fraction : min objects : max objects [: shape scale])."""
+    try:
+        phases = [
+            Phase(float(f[0]), int(f[1]), int(f[2]), *map(float, f[3:4]))
+            for f in (p.split(":") for p in spec.split(","))
+        ]
+    except (ValueError, TypeError, IndexError):
+        raise ValueError(
+            "curriculum must look like '0.1:1:1:0.3,1.0:2:5' (end fraction:min objects:max objects"
+            f"[:shape scale], one phase per comma), got {spec!r}"
+        ) from None
+    ends = [p.end for p in phases]
+    if ends != sorted(ends) or ends[-1] != 1.0:
+        raise ValueError(f"curriculum phases must end in increasing order, the last at 1.0: {spec!r}")
+    for p in phases:
+        if not 1 <= p.min_objects <= p.max_objects <= 9 or not 0 < p.shape_scale <= 1 / 3:
+            raise ValueError(f"curriculum phase {p} needs 1 <= min <= max <= 9 objects and 0 < scale <= 1/3")
+    return phases
+
+
+def phase_at(cfg: RecipeConfig, step: int) -> Phase:
+    """The curriculum phase of ``step``."""
+    phases = parse_curriculum(cfg.curriculum)
+    return next((p for p in phases if step < p.end * cfg.steps), phases[-1])
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """``"2,4,6"`` -> [2, 4, 6], checked against the decoder's depth."""
+    try:
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"attention_layers must be comma-separated layer indices, got {spec!r}") from None
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"attention_layers {bad} are outside the decoder's layers 0..{num_layers - 1}")
+    return layers
+
+
+def parse_question_types(spec: str, option: str = "attention_types") -> set[str]:
+    """``"color,shape"`` -> {"color", "shape"}, checked against the svlm-shapes question types."""
+    types = {t.strip() for t in spec.split(",") if t.strip()}
+    bad = sorted(types - set(shapes.QUESTION_TYPES))
+    if bad:
+        raise ValueError(f"{option} {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}")
+    return types
+
+
+def parse_type_weights(spec: str) -> dict[str, int]:
+    """``"count:3,exist:2"`` -> {"count": 3, "exist": 2} (types not named weigh 1), checked."""
+    weights: dict[str, int] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, value = part.partition(":")
+        if name not in shapes.QUESTION_TYPES or not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"question_weights must look like 'count:3,exist:2' (svlm-shapes question types "
+                f"{list(shapes.QUESTION_TYPES)}, whole weights >= 1), got {part!r} in {spec!r}"
+            )
+        weights[name] = int(value)
+    return weights
+
+
+def check_config(cfg: RecipeConfig) -> None:
+    """Raise ValueError naming the first bad option (layers, question types, curriculum, architecture)."""
+    parse_layers(cfg.attention_layers, cfg.num_layers)
+    parse_layers(cfg.keyword_layers, cfg.num_layers)
+    parse_question_types(cfg.attention_types)
+    parse_type_weights(cfg.question_weights)
+    if not parse_question_types(cfg.lead_types, "lead_types") and cfg.lead_steps > 0:
+        raise ValueError("lead_types must name at least one question type when lead_steps > 0")
+    if cfg.align_steps < 0:
+        raise ValueError(f"align_steps must be >= 0 (0 skips projector alignment), got {cfg.align_steps}")
+    if cfg.lead_start < 0:
+        raise ValueError(
+            f"lead_start must be >= 0 (the step the lead window starts at), got {cfg.lead_start}"
+        )
+    if cfg.lead_steps < 0:
+        raise ValueError(
+            f"lead_steps must be >= 0 (0: every question type from the start), got {cfg.lead_steps}"
+        )
+    fewest = shapes.GRID * shapes.GRID  # every object's centre token must fit
+    if cfg.train_visual_tokens and not fewest <= cfg.train_visual_tokens <= cfg.num_visual_tokens:
+        raise ValueError(
+            f"train_visual_tokens must be 0 (all) or between {fewest} (one per object of a full scene) and "
+            f"{cfg.num_visual_tokens} (the model's visual tokens), got {cfg.train_visual_tokens}"
+        )
+    if not 0 <= cfg.train_visual_until <= 1:
+        raise ValueError(
+            f"train_visual_until must be a fraction of the steps in [0, 1], got {cfg.train_visual_until}"
+        )
+    parse_curriculum(cfg.curriculum)
+    check_architecture(cfg)
+
+
+def check_architecture(cfg: RecipeConfig) -> None:
+    """Raise ValueError naming a model option that cannot build the model."""
+    if cfg.image_size % PATCH_SIZE:
+        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {cfg.image_size}")
+    if not cfg.rope_theta > 0:
+        raise ValueError(f"rope_theta must be a positive RoPE base (Llama: 10000), got {cfg.rope_theta}")
+    for name in ("count_loss_weight", "scene_loss_weight"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns its head off), got {getattr(cfg, name)}")

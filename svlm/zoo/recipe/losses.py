@@ -1,0 +1,123 @@
+"""Stage-2 losses: answer cross-entropy on packed batches and the evidence-attention term."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from transformers import (
+    PreTrainedModel,
+)
+
+from svlm.zoo.packed_attention import packed_attention
+from svlm.zoo.recipe.packing import PackedBatch
+
+
+def packed_hidden_states(model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+    """The decoder's last hidden states [b, t, hidden] of a packed batch, computed with the packed-branch
+    attention (same values as the dense 4-D mask, without its cost), keeping ``batch.visual_keep`` only."""
+    llava = model.model
+    position_ids, mask = batch.position_ids, batch.attention_mask
+    if batch.visual_keep is None:
+        inputs: dict[str, torch.Tensor] = {"input_ids": batch.input_ids, "pixel_values": batch.pixel_values}
+    else:
+        features = torch.stack(list(llava.get_image_features(pixel_values=batch.pixel_values).pooler_output))
+        keep = batch.visual_keep[..., None].expand(-1, -1, features.shape[-1])
+        embeds = llava.get_input_embeddings()(batch.input_ids)
+        slots = (batch.input_ids == model.config.image_token_id)[..., None].expand_as(embeds)
+        inputs = {"inputs_embeds": embeds.masked_scatter(slots, features.gather(1, keep).to(embeds.dtype))}
+    attention = (
+        packed_attention(model.config.text_config, batch.layout)
+        if batch.layout is not None
+        else nullcontext()
+    )
+    with attention:
+        return llava(
+            **inputs, position_ids=position_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+
+
+def packed_loss(
+    model: PreTrainedModel,
+    batch: PackedBatch,
+    attention_layers: Sequence[int] = (),
+    attention_weight: float = 0.0,
+    keyword_layers: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
+    set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
+    target positions only)."""
+    kinds_at: dict[int, set[int]] = {}
+    for index in attention_layers:
+        kinds_at.setdefault(index, set()).add(0)
+    for index in keyword_layers:
+        kinds_at.setdefault(index, set()).add(1)
+    supervise = attention_weight > 0 and batch.evidence_rows is not None and len(kinds_at) > 0
+    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+    if supervise:
+        layers = model.model.language_model.layers
+        for index in kinds_at:
+
+            def grab(module, args, kwargs, index=index):
+                captured[index] = (kwargs["hidden_states"], kwargs["position_embeddings"])
+
+            handles.append(layers[index].self_attn.register_forward_pre_hook(grab, with_kwargs=True))
+    try:
+        hidden = packed_hidden_states(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
+    loss = torch.nn.functional.cross_entropy(logits, batch.targets)
+    if supervise:
+        terms = []
+        for i, kinds in kinds_at.items():
+            select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
+            for k in kinds:
+                select |= batch.evidence_kinds == k
+            if bool(select.any()):
+                attn = model.model.language_model.layers[i].self_attn
+                terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
+        loss = loss + attention_weight * torch.stack(terms).mean()
+    wrong = (logits.argmax(-1) != batch.targets).float()
+    per_question = torch.zeros(int(batch.target_question.max()) + 1).index_add_(
+        0, batch.target_question, wrong
+    )
+    return loss, per_question == 0
+
+
+def evidence_attention_loss(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+    select: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """-log of the attention mass that half of the layer's heads put on the question's evidence tokens, among
+    the visual tokens, from the position that predicts the answer (rows-only: queries of the supervised
+    positions, keys of the image only). The other heads stay free."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rows, cols, evidence = batch.evidence_rows, batch.evidence_query_cols, batch.evidence_masks
+    if select is not None:
+        rows, cols, evidence = rows[select], cols[select], evidence[select]
+    n_visual = evidence.shape[1]
+    head_dim = attn.head_dim
+    heads = attn.config.num_attention_heads
+    cos, sin = position_embeddings
+    visual = torch.arange(batch.image_start, batch.image_start + n_visual)
+    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
+    # keys once per sequence (a sequence holds several supervised questions), then one row per question
+    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
+    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
+    k = k[rows]
+    supervised = max(1, heads // 2)
+    kv_group = heads // k.shape[1]
+    k = k.repeat_interleave(kv_group, dim=1)[:, :supervised]
+    scores = (q[:, :supervised] @ k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [n, h', visual]
+    logp = scores.float().log_softmax(-1)
+    mass = logp.masked_fill(~evidence[:, None, :], float("-inf")).logsumexp(-1)
+    return -mass.mean()

@@ -1,0 +1,161 @@
+"""Packed batches: one image prefix, one branch per question (the layout the packed attention computes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.processing_utils import ProcessorMixin
+
+from svlm.zoo.packed_attention import PackedLayout
+from svlm.zoo.recipe.questions import keyword_end, prompt_text, question_type
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [b, t]
+    position_ids: torch.Tensor  # [b, t]
+    attention_mask: torch.Tensor  # [b, 1, t, t] bool, True = may attend
+    pixel_values: torch.Tensor  # [b, 3, h, w]
+    target_rows: torch.Tensor  # [n] batch index of each supervised position
+    target_cols: torch.Tensor  # [n] position whose output predicts the target
+    targets: torch.Tensor  # [n] target token ids
+    target_question: torch.Tensor  # [n] index of the question (over the batch) each target belongs to
+    question_types: list[str]  # type of each question (over the batch)
+    branch_starts: list[list[tuple[int, int, int]]]  # per sample: (start, length, answer_len) per branch
+    # attention supervision: per supervised question, its sequence, the position that predicts the answer's
+    # first token, and its evidence tokens [n, visual tokens]; image tokens start at `image_start`
+    evidence_rows: torch.Tensor | None = None
+    evidence_query_cols: torch.Tensor | None = None
+    evidence_masks: torch.Tensor | None = None
+    evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
+    image_start: int = 0
+    layout: PackedLayout | None = None  # prefix and branches, for the packed-branch attention
+    visual_keep: torch.Tensor | None = None  # [b, k] the visual tokens kept (None: all)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs of a plain forward with the dense 4-D mask (all visual tokens only)."""
+        if self.visual_keep is not None:
+            raise ValueError("a batch with dropped visual tokens runs through `packed_hidden_states` only")
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "attention_mask": self.attention_mask,
+            "pixel_values": self.pixel_values,
+        }
+
+
+def pack(
+    processor: ProcessorMixin,
+    images: Sequence[Any],
+    qas: Sequence[Sequence[tuple[str, str]]],
+    evidence: Sequence[Sequence[torch.Tensor | None]] | None = None,
+    visual_keep: torch.Tensor | None = None,
+) -> PackedBatch:
+    """One sequence per image: the image prefix once, then one (question, answer) branch per pair.
+
+    Branch tokens are the tokens the single-question prompt has after the prefix, followed by the answer and
+    ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
+    ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
+    original positions, as a drop-only pruning method would: the sequences are then shorter by the number of
+    visual tokens dropped.
+    """
+    tok = processor.tokenizer
+    image_id = processor.image_token_id
+    crop = processor.image_processor.crop_size
+    num_image = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    if visual_keep is not None and (visual_keep.ndim != 2 or len(visual_keep) != len(qas)):
+        raise ValueError(f"visual_keep must be [images, kept tokens], got shape {tuple(visual_keep.shape)}")
+    num_slots = num_image if visual_keep is None else visual_keep.shape[1]
+    dropped = num_image - num_slots
+    seqs: list[list[int]] = []
+    prefix_lens: list[int] = []
+    branches: list[list[tuple[int, int, int]]] = []
+    keyword_cols: list[list[int]] = []
+    for pairs in qas:
+        prefix: list[int] | None = None
+        ids: list[int] = []
+        spans: list[tuple[int, int, int]] = []
+        keywords: list[int] = []
+        for question, answer in pairs:
+            prompt = tok(prompt_text(processor, question), add_special_tokens=True)["input_ids"]
+            full = tok(prompt_text(processor, question) + " " + answer, add_special_tokens=True)["input_ids"]
+            if full[: len(prompt)] != prompt:
+                raise RuntimeError(f"answer {answer!r} changes the prompt's tokenization")
+            full = full + [tok.eos_token_id]
+            cut = prompt.index(image_id) + 2  # <s> USER: <image> \n | question ...
+            image_start = cut - 2
+            if prefix is None:
+                prefix = full[:cut]
+                ids = prefix[: cut - 2] + [image_id] * num_slots + prefix[cut - 1 :]
+            elif full[:cut] != prefix:
+                raise RuntimeError("questions of one image do not share the image prefix")
+            text = prompt_text(processor, question)
+            head = tok(text[: text.index(question) + keyword_end(question)], add_special_tokens=True)[
+                "input_ids"
+            ]
+            if full[: len(head)] != head:
+                raise RuntimeError(f"the key word of {question!r} does not end on a token boundary")
+            keywords.append(len(ids) + len(head) - 1 - cut)
+            spans.append((len(ids), len(full) - cut, len(full) - len(prompt)))
+            ids += full[cut:]
+        seqs.append(ids)
+        prefix_lens.append(len(prefix) - 1 + num_slots)
+        branches.append(spans)
+        keyword_cols.append(keywords)
+    b, t = len(seqs), max(len(s) for s in seqs)
+    input_ids = torch.full((b, t), tok.pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((b, t), dtype=torch.long)
+    mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
+    rows, cols, targets, owner = [], [], [], []
+    ev_rows, ev_cols, ev_masks, ev_kinds = [], [], [], []
+    num_questions = 0
+    for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        position_ids[i, :p] = torch.arange(p) + torch.where(
+            torch.arange(p) >= image_start + num_slots, dropped, 0
+        )
+        if visual_keep is not None:
+            position_ids[i, image_start : image_start + num_slots] = image_start + visual_keep[i]
+        mask[i, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+        for k, (start, length, answer_len) in enumerate(spans):
+            end = start + length
+            if evidence is not None and evidence[i][k] is not None:
+                for kind, col in enumerate((end - answer_len - 1, keyword_cols[i][k])):
+                    ev_rows.append(i)
+                    ev_cols.append(col)
+                    ev_masks.append(evidence[i][k] if visual_keep is None else evidence[i][k][visual_keep[i]])
+                    ev_kinds.append(kind)
+            position_ids[i, start:end] = torch.arange(p, p + length) + dropped
+            mask[i, 0, start:end, :p] = True
+            mask[i, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
+            for j in range(end - answer_len, end):  # output at j-1 predicts token j
+                rows.append(i)
+                cols.append(j - 1)
+                targets.append(ids[j])
+                owner.append(num_questions)
+            num_questions += 1
+        pad = torch.arange(len(ids), t)
+        mask[i, 0, pad, pad] = True  # padding attends to itself only (no fully masked rows)
+    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    return PackedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=mask,
+        pixel_values=pixel_values,
+        target_rows=torch.tensor(rows),
+        target_cols=torch.tensor(cols),
+        targets=torch.tensor(targets),
+        target_question=torch.tensor(owner),
+        question_types=[question_type(q) for pairs in qas for q, _ in pairs],
+        branch_starts=branches,
+        evidence_rows=torch.tensor(ev_rows) if ev_rows else None,
+        evidence_query_cols=torch.tensor(ev_cols) if ev_rows else None,
+        evidence_masks=torch.stack(ev_masks) if ev_rows else None,
+        evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
+        image_start=image_start,
+        layout=PackedLayout.from_spans(prefix_lens[0], [[(s, n) for s, n, _ in spans] for spans in branches]),
+        visual_keep=visual_keep,
+    )

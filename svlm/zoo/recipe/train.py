@@ -1,0 +1,151 @@
+"""Stage 2 and the whole run: visual question answering, evaluation along the way, saving."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    PreTrainedModel,
+)
+from transformers.processing_utils import ProcessorMixin
+
+from svlm.zoo.recipe.align import ALIGN_WORD_GROUPS, align_projector, word_token_ids
+from svlm.zoo.recipe.batches import train_batch
+from svlm.zoo.recipe.config import RecipeConfig, check_config, parse_layers
+from svlm.zoo.recipe.evaluate import evaluate
+from svlm.zoo.recipe.losses import packed_loss
+from svlm.zoo.recipe.model import build_model
+from svlm.zoo.recipe.vision import pretrain_vision
+
+
+def lr_at(cfg: RecipeConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: RecipeConfig, output_dir: str | Path | None = None, log_every: int = 10) -> dict[str, Any]:
+    """Train, evaluate on the val split every ``eval_every`` steps and on the test split at the end, and
+    save model, processor and ``training_log.json`` to ``output_dir`` (when given)."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(cfg, output_dir, log_every)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
+    keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
+    check_config(cfg)  # everything else, before stage 1's minutes
+    model, processor = build_model(cfg)
+    if cfg.align_steps > 0:  # fail now rather than after stage 1
+        for names in ALIGN_WORD_GROUPS.values():
+            word_token_ids(processor.tokenizer, names)
+    start = time.perf_counter()
+    torch.set_num_threads(cfg.vision_threads)
+    vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
+    align_log = align_projector(model, processor, cfg) if cfg.align_steps > 0 else []
+    torch.set_num_threads(cfg.threads)
+    if cfg.vision_lr_scale == 0:
+        model.model.vision_tower.requires_grad_(False)
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_vision = name.startswith("model.vision_tower.")
+        decays = param.ndim >= 2 and "embed" not in name
+        groups.setdefault((is_vision, decays), []).append(param)
+    opt = torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": cfg.weight_decay if decays else 0.0,
+                "lr_scale": cfg.vision_lr_scale if is_vision else 1.0,
+            }
+            for (is_vision, decays), params in groups.items()
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+    log: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_visual_tokens": cfg.num_visual_tokens,
+        "torch_version": torch.__version__,
+        "vision_pretraining": vision_log,
+        "projector_alignment": align_log,
+        "steps": [],
+        "val": [],
+    }
+    window: list[float] = []
+    window_acc: dict[str, list[float]] = {}
+    for step in range(cfg.steps):
+        model.train()
+        batch = train_batch(cfg, processor, step)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step) * group["lr_scale"]
+        loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight, keyword_layers)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        window.append(float(loss.detach()))
+        for qtype, ok in zip(batch.question_types, correct.tolist(), strict=True):
+            window_acc.setdefault("all", []).append(ok)
+            window_acc.setdefault(qtype, []).append(ok)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            entry = {
+                "step": step + 1,
+                "loss": float(np.mean(window)),
+                "answer_acc": {k: round(float(np.mean(v)), 3) for k, v in window_acc.items()},
+                "lr": lr_at(cfg, step),
+                "elapsed_s": round(time.perf_counter() - start, 1),
+            }
+            log["steps"].append(entry)
+            window, window_acc = [], {}
+            print(json.dumps(entry), flush=True)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            val = evaluate(
+                model, processor, "val", cfg.eval_samples, cfg.seed, image_size=cfg.data_image_size
+            )
+            val.update(step=step + 1, elapsed_s=round(time.perf_counter() - start, 1))
+            log["val"].append(val)
+            print(json.dumps({"val": val}), flush=True)
+    log["train_time_s"] = round(time.perf_counter() - start, 1)
+    model.eval()
+    val = evaluate(model, processor, "val", cfg.eval_samples, cfg.seed, image_size=cfg.data_image_size)
+    val.update(step=cfg.steps, elapsed_s=round(time.perf_counter() - start, 1))
+    log["val"].append(val)
+    if cfg.test_samples > 0:
+        log["test_dense"] = evaluate(
+            model, processor, "test", cfg.test_samples, 0, image_size=cfg.data_image_size
+        )
+    log["total_time_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps({"val": val, "test_dense": log.get("test_dense")}), flush=True)
+    if output_dir is not None:
+        save(model, processor, log, output_dir)
+    return log
+
+
+def save(
+    model: PreTrainedModel, processor: ProcessorMixin, log: dict[str, Any], output_dir: str | Path
+) -> None:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")

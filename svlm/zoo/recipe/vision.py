@@ -1,0 +1,129 @@
+"""Stage 1: vision-tower pretraining on per-patch labels (stands in for CLIP's pretraining)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    PreTrainedModel,
+)
+from transformers.processing_utils import ProcessorMixin
+
+from svlm.data import shapes
+from svlm.zoo.recipe.config import SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES, RecipeConfig
+from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, patch_labels, scene_labels
+
+
+def pretrain_vision(
+    model: PreTrainedModel, processor: ProcessorMixin, cfg: RecipeConfig, log_every: int = 50
+) -> list[dict[str, Any]]:
+    """Stage 1: teach the vision tower to name, at every patch, the shape and colour covering it and the grid
+    cell it lies in.
+
+    A from-scratch ViT learns shape from answer tokens alone far too slowly for a CPU budget (LLaVA itself
+    starts from a pretrained CLIP); the train split's scene annotations give it direct, dense supervision.
+    Optional heads (``count_loss_weight``, ``scene_loss_weight``) add object counts per colour to what the
+    tower must name. The linear heads are discarded; the tower's weights carry over to stage 2.
+    """
+    tower = model.model.vision_tower
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    part_label = len(shapes.SHAPES) + 1 if cfg.part_class else -100
+    n_shape, n_color = len(shapes.SHAPES) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
+    n_cell = shapes.GRID**2
+    n_count = VISION_COUNT_CLASSES if cfg.count_loss_weight > 0 else 0
+    n_scene = len(shapes.COLORS) * SCENE_COUNT_CLASSES if cfg.scene_loss_weight > 0 else 0
+    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=gen)
+        head.bias.zero_()
+    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=cfg.vision_lr, weight_decay=0.0)
+    cells = cell_labels(cfg.image_size)
+    history: list[dict[str, Any]] = []
+    window: list[dict[str, float]] = []
+    start = time.perf_counter()
+    tower.train()
+    for step in range(cfg.vision_steps):
+        images, shape_y, color_y, count_y, scene_y = [], [], [], [], []
+        for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
+            # sample indices from the far end of the train split, so stage 2 sees other images
+            sample = shapes.generate_sample(
+                10_000_000 + i,
+                "train",
+                cfg.seed,
+                image_size=cfg.data_image_size,
+                min_objects=cfg.vision_min_objects,
+                max_objects=9,
+            )
+            centre_only = step < cfg.shape_dense_from * cfg.vision_steps
+            s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only, part_label)
+            images.append(sample["image"])
+            shape_y.append(s)
+            color_y.append(c)
+            count_y.append(colour_count_labels(sample, c))
+            scene_y.append(scene_labels(sample))
+        progress = step / max(1, cfg.vision_steps - 1)
+        for group in opt.param_groups:
+            warm = min(1.0, (step + 1) / 50)
+            group["lr"] = cfg.vision_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        hidden = tower(pixel_values, output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer
+        ]
+        logits = head(hidden[:, 1:]).flatten(0, 1)
+        sy, cy = torch.cat(shape_y), torch.cat(color_y)
+        obj = cy > 0
+        # objects cover ~10% of the patches: weight them up so the tower does not settle for "background"
+        weight = torch.where(obj, 5.0, 1.0)
+        ce = torch.nn.functional.cross_entropy
+        loss = (ce(logits[:, :n_shape], sy, reduction="none") * weight).sum() / weight[sy >= 0].sum()
+        loss = loss + (ce(logits[:, n_shape : n_shape + n_color], cy, reduction="none") * weight).mean()
+        cell_logits = logits[:, n_shape + n_color : n_shape + n_color + n_cell]
+        loss = loss + cfg.cell_loss_weight * ce(cell_logits, cells.repeat(len(images)))
+        ny = torch.cat(count_y)
+        count_at = n_shape + n_color + n_cell
+        count_logits = logits[:, count_at : count_at + n_count]
+        if n_count:
+            loss = loss + cfg.count_loss_weight * ce(count_logits, ny)
+        if n_scene:
+            # every patch predicts the whole scene's summary
+            scene_logits = logits[:, count_at + n_count :].reshape(-1, SCENE_COUNT_CLASSES)
+            scene_targets = torch.stack(scene_y).repeat_interleave(hidden.shape[1] - 1, 0).flatten()
+            loss = loss + cfg.scene_loss_weight * ce(scene_logits, scene_targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            named = (sy > 0) & (sy <= len(shapes.SHAPES))  # patches labelled with a shape name
+            metrics = {
+                "loss": float(loss),
+                "object_patch_shape_acc": (logits[named, :n_shape].argmax(-1) == sy[named]).float().mean(),
+                "object_patch_color_acc": (logits[obj, n_shape : n_shape + n_color].argmax(-1) == cy[obj])
+                .float()
+                .mean(),
+                "foreground_acc": (logits[:, n_shape : n_shape + n_color].argmax(-1).eq(0) == ~obj)
+                .float()
+                .mean(),
+            }
+            if n_count:
+                metrics["object_patch_count_acc"] = (count_logits[obj].argmax(-1) == ny[obj]).float().mean()
+            if n_scene:
+                metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
+            window.append({k: float(v) for k, v in metrics.items()})
+        if (step + 1) % log_every == 0 or step + 1 == cfg.vision_steps:
+            history.append(_log_window("vision", step, window, start))
+            window = []
+    return history
+
+
+def _log_window(stage: str, step: int, window: list[dict[str, float]], start: float) -> dict[str, Any]:
+    """One log entry of a pretraining stage: the window's mean metrics (NaN-free), printed as JSON."""
+    entry: dict[str, Any] = {"step": step + 1}
+    entry.update({k: round(float(np.nanmean([w[k] for w in window])), 4) for k in window[0]})
+    entry["elapsed_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps({stage: entry}), flush=True)
+    return entry
