@@ -13,6 +13,12 @@ A :class:`PruningSession` is attached for the duration of one wrapper call (a fo
 
 Each layer's KV cache then holds exactly the slots that layer saw.
 
+Positions: kept tokens keep their original positions, unless the strategy's ``renumber_positions`` is True
+(SparseVLM v1/v1.5): then after each pruning the valid slots of each sample get positions ``0..k-1`` (the
+adapter's ``rotary_tables``; refused for M-RoPE families), and a decoding step in a layer whose sequence was
+renumbered takes the position ``k + tokens decoded so far``, i.e. that layer's own cache length, as the
+reference code does.
+
 The hooks sit on modules other threads may be calling at the same time (the unwrapped model, another
 wrapper): each hook acts only inside the call that attached it, which :data:`ACTIVE_SESSION` (a context
 variable, so one value per thread) names for the duration of that call. Any other call passes through the

@@ -241,8 +241,8 @@ def recycle_tokens(
     slots = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[:, :m]  # best first
     ok = torch.arange(m, device=device) < n_recycled.unsqueeze(-1)
     members = gather_rows(hidden, slots)
-    cluster, _ = density_peak_clusters(members, ok, n_clusters, knn)
-    c = int(n_clusters.max())
+    cluster, centres = density_peak_clusters(members, ok, n_clusters, knn)
+    c = centres.shape[1]
     spare = torch.where(ok, cluster, c) + torch.arange(b, device=device).unsqueeze(-1) * (c + 1)
     flat = spare.reshape(-1)
     sizes = hidden.new_zeros(b * (c + 1), 1).index_add_(0, flat, hidden.new_ones(b * m, 1)) + 1e-6
