@@ -93,7 +93,7 @@ lock:
 	rm -rf .venv-lock
 
 demo: install
-	$(BIN)/svlm test --config configs/demo.yaml
+	$(BIN)/svlm test --config configs/demo.yaml --overwrite true   # replaces an earlier demo run
 
 # PyPI sparsevlm ships a top-level `kernels` package that would overwrite Hugging Face's `kernels` (which
 # transformers imports on every model load), so it goes into $(SPARSEVLM_ENV) with --target, never into

@@ -96,6 +96,10 @@ class SVLMCLI(LightningCLI):
     def __init__(self, *args: Any, parse_only: bool = False, **kwargs: Any) -> None:
         self.parse_only = parse_only
         quiet_third_party()
+        self.run_folder: Any = None  # svlm.run_folder.RunFolder of a test/validate/fit run
+        self.run_dir: str | None = None
+        given = kwargs.get("args", args[3] if len(args) > 3 else None)
+        self._argv = list(sys.argv[1:] if given is None else given) if not isinstance(given, dict) else []
         kwargs.setdefault("model_class", VLMEvaluator)
         kwargs.setdefault("datamodule_class", _datamodule_class())
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -109,6 +113,13 @@ class SVLMCLI(LightningCLI):
         from svlm.callbacks import TradeoffCurve
 
         parser.add_lightning_class_args(TradeoffCurve, "tradeoff")
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Replace an earlier run in the run folder (trainer.default_root_dir); without it svlm "
+            "refuses to write into a folder holding another run unless resuming it.",
+        )
         if "benchmark" in inspect.signature(self._datamodule_class).parameters:
             parser.link_arguments("data.benchmark", "model.benchmark", apply_on="parse")
 
@@ -150,20 +161,91 @@ class SVLMCLI(LightningCLI):
                 if self.parse_only:
                     raise
                 self._parser(self.subcommand).error(f"{prefix}{err}")  # usage + message, exit 2
+        if not self.parse_only and self.subcommand in RUN_SUBCOMMANDS:
+            self.run_dir = run_folder_path(config)
+            if not _secondary_process():  # DDP: only the first process guards the folder
+                self.run_folder = open_run_folder(self.subcommand, config, self._argv)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, logging into the run folder (a CSVLogger unless the config names a logger) and
+        guarded by :class:`svlm.run_folder.RunFolderCallback`."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if self.run_dir is not None and trainer_config.get("logger") in (None, True):
+            from lightning.pytorch.loggers import CSVLogger
+
+            kwargs.setdefault("logger", CSVLogger(str(self.run_dir), name="", version=""))
+        if self.run_folder is not None:
+            from svlm.run_folder import RunFolderCallback
+
+            callbacks = list(kwargs.pop("callbacks", None) or trainer_config.get("callbacks") or [])
+            kwargs["callbacks"] = [*callbacks, RunFolderCallback(self.run_folder)]
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         if not self.parse_only:
             super().instantiate_classes()
 
     def _run_subcommand(self, subcommand: str) -> None:
-        if not self.parse_only:
+        if self.parse_only:
+            return
+        if self.run_folder is None:
             super()._run_subcommand(subcommand)
+            return
+        from svlm.run_folder import stop
+
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            stop(self.run_folder, err)
+            raise
+        else:
+            stop(self.run_folder, None)
+        finally:
+            self.run_folder.release()
 
     def after_test(self) -> None:
         points = getattr(self.model, "points", None)
         if points and self.trainer.is_global_zero:
             print(format_points(points))
             print(f"results: {Path(self.trainer.default_root_dir).resolve()}")
+
+
+#: Subcommands whose outputs go to a guarded run folder (see :mod:`svlm.run_folder`).
+RUN_SUBCOMMANDS: frozenset[str] = frozenset({"test", "validate", "fit"})
+
+
+def _secondary_process() -> bool:
+    """A process that a DDP launcher started for rank > 0 (Lightning's launcher sets these variables)."""
+    return any(int(os.environ.get(key) or 0) != 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def run_folder_path(config: Any) -> str:
+    """The run folder: ``trainer.default_root_dir`` (the working directory when unset), derived once."""
+    trainer = _plain(config.get("trainer")) or {}
+    return str(trainer.get("default_root_dir") or os.getcwd())
+
+
+def open_run_folder(subcommand: str, config: Any, argv: Sequence[str]) -> Any:
+    """Check the output settings and the checkpoint to resume, then lock and prepare the run folder."""
+    from svlm.run_folder import RunFolder, check_checkpoint, check_output_paths, checkpoint_path, command_line
+
+    trainer = _plain(config.get("trainer")) or {}
+    run_dir = run_folder_path(config)
+    check_output_paths(trainer, run_dir)
+    command = command_line(argv)
+    if subcommand == "fit":
+        checkpoint = checkpoint_path(config.get("ckpt_path"), run_dir)
+        if checkpoint is not None:
+            check_checkpoint(checkpoint, _plain(config.get("model")) or {}, _plain(config.get("data")) or {})
+        resume = checkpoint is not None
+        hint = command if "--ckpt_path" in argv else f"{command} --ckpt_path last"
+    else:
+        resume = bool((_plain(config.get("model")) or {}).get("resume"))
+        hint = command if resume else f"{command} --model.resume true"
+    folder = RunFolder(
+        run_dir, command, resume=resume, overwrite=bool(config.get("overwrite")), resume_hint=hint
+    )
+    return folder.open()
 
 
 def _plain(value: Any) -> Any:

@@ -21,8 +21,9 @@ from torch import nn
 from torchmetrics import Metric
 
 from svlm.engine.validation import InputError
+from svlm.journal import STAT_KEYS, Journal, point_key, run_determinants, summarize_rejected
 from svlm.models import load_vlm, resolve_device
-from svlm.results import Journal, config_hash
+from svlm.results import config_hash
 from svlm.strategies.base import parse_budget
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,15 @@ def _batch_offset(batch: Mapping[str, Any], batch_idx: int) -> int:
     return int(batch_idx)
 
 
+def _matches_batch(record: Mapping[str, Any], batch: Mapping[str, Any]) -> bool:
+    """A journal record answers this very batch: one answer per sample, the same sample ids."""
+    size = len(batch.get("questions") or batch.get("conversations") or [])
+    ids = batch.get("ids")
+    if size and len(record["answers"]) != size:
+        return False
+    return ids is None or record.get("ids") is None or list(record["ids"]) == list(ids)
+
+
 def _image_count(image: Any) -> int:
     if image is None:
         return 0
@@ -205,20 +215,7 @@ class PointStats(Metric):
     """Cost statistics of one strategy point, summed over batches (and processes, under DDP)."""
 
     full_state_update = False
-    KEYS = (
-        "samples",
-        "batches",
-        "timed_batches",
-        "budget",
-        "budget_output",
-        "visual_tokens",
-        "kv_cache_bytes",
-        "prefill_flops",
-        "dense_prefill_flops",
-        "prefill_latency",
-        "generate_latency",
-        "new_tokens",
-    )
+    KEYS = STAT_KEYS
 
     def __init__(self) -> None:
         super().__init__()
@@ -250,6 +247,13 @@ def _metric_values(value: Any, default_name: str) -> dict[str, float]:
 
 def _safe_div(a: float, b: float) -> float:
     return a / b if b else math.nan
+
+
+def _per_image_sample(total: float, stats: Mapping[str, float]) -> float:
+    """Mean over the samples with visual tokens (0 when all samples were text-only, NaN without samples)."""
+    if stats["visual_samples"]:
+        return total / stats["visual_samples"]
+    return 0.0 if stats["samples"] else math.nan
 
 
 #: Per-point numbers sent to the logger (everything, incl. per-category metrics, goes to tradeoff.csv).
@@ -577,15 +581,22 @@ class VLMEvaluator(pl.LightningModule):
 
     @staticmethod
     def cost_stats(report: Any, timing: Mapping[str, float], n: int) -> dict[str, float]:
-        """The :class:`PointStats` sums of one (point, batch): what the journal records and replays."""
+        """The :class:`PointStats` sums of one (point, batch): what the journal records and replays.
+
+        ``budget``/``budget_output`` sum over the samples with visual tokens (``visual_samples``): a text-only
+        sample of a mixed batch does not pull the mean budget down."""
         visual = [float(v[0]) if len(v) else 0.0 for v in report.visual_tokens]
+        with_image = [bool(x) for x in report.image_samples.tolist()]
+        per_sample = report.budget_per_sample
+        per_sample_out = [sum(v) / len(v) if len(v) else 0.0 for v in report.visual_tokens_output]
         timed = "prefill" in timing
         return {
             "samples": float(n),
+            "visual_samples": float(sum(with_image)),
             "batches": 1.0,
             "timed_batches": float(timed),
-            "budget": float(report.budget) * n,
-            "budget_output": float(report.budget_output) * n,
+            "budget": float(sum(b for b, w in zip(per_sample, with_image, strict=True) if w)),
+            "budget_output": float(sum(b for b, w in zip(per_sample_out, with_image, strict=True) if w)),
             "visual_tokens": sum(visual),
             "kv_cache_bytes": float(getattr(report, "kv_cache_bytes", 0.0) or 0.0),
             "prefill_flops": float(report.prefill_flops),
@@ -637,35 +648,36 @@ class VLMEvaluator(pl.LightningModule):
         self._checked = False
 
     # -- resume journal --------------------------------------------------------------------------------
-    def point_keys(self) -> list[str]:
-        """Digest per strategy point of everything that determines its per-batch results (model, dtype,
-        device type, generation settings, data settings, strategy and arguments, schedule file contents)."""
-        param = next(self._ensure_model().parameters())
+    def determinants(self) -> dict[str, Any]:
+        """What determines every per-batch result of this run (the journal header; see
+        :func:`svlm.journal.run_determinants`): model and weights fingerprint, revision, dtype, device type,
+        generation and data settings, svlm version."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         hparams = dict(getattr(datamodule, "hparams", None) or {})
-        import svlm
+        return run_determinants(
+            self._ensure_model(),
+            model_name=self.model_name,
+            attn_implementation=self.attn_implementation,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+            processor_kwargs=self.processor_kwargs,
+            data={k: v for k, v in hparams.items() if k not in VOLATILE_DATA_KEYS},
+        )
 
-        run = {
-            "svlm": svlm.__version__,
-            "model": self.model_name,
-            "dtype": str(param.dtype),
-            "device": param.device.type,
-            "attn_implementation": self.attn_implementation,
-            "max_new_tokens": self.max_new_tokens,
-            "seed": self.seed,
-            "processor_kwargs": self.processor_kwargs,
-            "data": {k: v for k, v in hparams.items() if k not in VOLATILE_DATA_KEYS},
-        }
+    def point_keys(self, determinants: Mapping[str, Any] | None = None) -> list[str]:
+        """Key per strategy point of its journal records: the run's determinants plus the strategy, budget,
+        arguments, class and the contents of files it reads (calibrated schedules)."""
+        run = dict(determinants if determinants is not None else self.determinants())
         return [
-            config_hash(
+            point_key(
+                run,
                 {
-                    **run,
                     "strategy": cfg.strategy,
                     "budget": cfg.budget,
                     "kwargs": cfg.kwargs,
                     "class": f"{type(obj).__module__}.{type(obj).__qualname__}",
                     "files": _file_digests(cfg.kwargs),
-                }
+                },
             )
             for cfg, obj in zip(self.point_configs, self.strategy_objects, strict=True)
         ]
@@ -676,13 +688,23 @@ class VLMEvaluator(pl.LightningModule):
             return
         trainer = self.trainer
         folder = Path(trainer.default_root_dir) / "journal"
-        self._point_keys = self.point_keys()
-        self._journal = Journal(folder, trainer.global_rank, trainer.world_size, resume=self.resume)
+        determinants = self.determinants()
+        self._point_keys = self.point_keys(determinants)
+        self._journal = Journal(
+            folder, trainer.global_rank, trainer.world_size, resume=self.resume, determinants=determinants
+        )
         if self.resume:
-            skipped = f" ({self._journal.skipped} unreadable lines ignored)" if self._journal.skipped else ""
+            rejected = summarize_rejected(self._journal.rejected)
+            found = {key for key, _ in self._journal.records}
+            missing = [
+                p.label for p, k in zip(self.point_configs, self._point_keys, strict=True) if k not in found
+            ]
             rank_zero_info(
-                f"svlm: resuming from {len(self._journal.records)} recorded results in {folder}{skipped}"
+                f"svlm: resuming from {len(self._journal.records)} recorded results in {folder}"
+                + (f"; points with no record (computed now): {missing}" if missing and found else "")
             )
+            if rejected:
+                log.warning("svlm: %s", rejected)
 
     def _close_journal(self) -> None:
         if self._journal is not None:
@@ -724,9 +746,9 @@ class VLMEvaluator(pl.LightningModule):
         key = _batch_key(batch, batch_idx)
         records: dict[int, dict[str, Any]] = {}
         if self._journal is not None and self.resume:
-            for i, point_key in enumerate(self._point_keys):
-                record = self._journal.get(point_key, key)
-                if record is not None:
+            for i, key_i in enumerate(self._point_keys):
+                record = self._journal.get(key_i, key)
+                if record is not None and _matches_batch(record, batch):
                     records[i] = record
         todo = [i for i in range(len(self.point_configs)) if i not in records]
         if todo:
@@ -799,8 +821,8 @@ class VLMEvaluator(pl.LightningModule):
                 "label": cfg.label,
                 "strategy": cfg.strategy,
                 "budget_target": cfg.budget,
-                "budget": _safe_div(s["budget"], n),
-                "budget_output": _safe_div(s["budget_output"], n),
+                "budget": _per_image_sample(s["budget"], s),
+                "budget_output": _per_image_sample(s["budget_output"], s),
                 "visual_tokens": _safe_div(s["visual_tokens"], n),
                 "prefill_flops": _safe_div(s["prefill_flops"], n),
                 "dense_prefill_flops": _safe_div(s["dense_prefill_flops"], n),

@@ -109,13 +109,22 @@ class Report:
         return out.tolist()
 
     @property
+    def image_samples(self) -> torch.Tensor:
+        """Bool [b]: samples with visual tokens (a text-only sample in a mixed batch has none)."""
+        return self._visual.sum(-1) > 0
+
+    @property
     def budget(self) -> float:
-        """Mean over layers of visual tokens entering each layer, mean over samples."""
-        return float(self._visual.float().mean())
+        """Mean over layers of visual tokens entering each layer, mean over the samples with visual tokens
+        (0.0 when none has any)."""
+        rows = self._visual[self.image_samples]
+        return float(rows.float().mean()) if len(rows) else 0.0
 
     @property
     def budget_output(self) -> float:
-        return float(torch.cat([self._visual[:, 1:], self._visual[:, -1:]], dim=1).float().mean())
+        """Like :attr:`budget`, counted on layer outputs."""
+        out = torch.cat([self._visual[:, 1:], self._visual[:, -1:]], dim=1)[self.image_samples]
+        return float(out.float().mean()) if len(out) else 0.0
 
     @property
     def budget_per_sample(self) -> list[float]:

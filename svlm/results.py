@@ -5,9 +5,7 @@ A long evaluation that is killed (time limit, OOM, Ctrl-C) while writing must ne
 a temporary file in the same directory and moved into place with :func:`os.replace`, which is atomic on POSIX
 and Windows: readers see either the old file or the complete new one.
 
-Work in progress is kept by a :class:`Journal`: one append-only JSON-lines file per process, one line per
-finished (strategy point, batch), flushed as it is written. A line torn by a kill is ignored on reading, so
-an interrupted sweep resumes from every line that made it to disk and recomputes only the rest.
+Work in progress is kept by :class:`svlm.journal.Journal`.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "POINT_COLUMNS",
-    "Journal",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_csv",
@@ -175,89 +172,6 @@ def config_hash(obj: Any) -> str:
     """Short stable digest of a JSON-able configuration (key order does not matter)."""
     text = json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_journal(folder: str | os.PathLike) -> tuple[dict[tuple[str, str], dict[str, Any]], int]:
-    """All records of the ``*.jsonl`` files in ``folder`` keyed by ``(point, batch)``, and the number of
-    unreadable lines skipped (a line torn by a kill, or a file from an incompatible version)."""
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    skipped = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return records, 0
-    for file in sorted(folder.glob("*.jsonl")):
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.endswith("\n"):  # the last line of a killed writer
-                    skipped += 1
-                    continue
-                try:
-                    record = json.loads(line)
-                    key = (str(record["point"]), str(record["batch"]))
-                except (ValueError, KeyError, TypeError):
-                    skipped += int(bool(line.strip()))
-                    continue
-                if record.get("version") == Journal.VERSION:
-                    records[key] = record
-                else:
-                    skipped += 1
-    return records, skipped
-
-
-class Journal:
-    """Per-process record of finished (strategy point, batch) results in ``folder/rank<r>.jsonl``.
-
-    ``resume=False`` starts a fresh file (and rank 0 removes files of ranks beyond ``world_size`` left by an
-    earlier, wider run); ``resume=True`` first reads every rank's file, so a run may resume with another
-    number of processes, then appends. Each :meth:`add` writes one line and flushes it (a crash or Ctrl-C
-    loses nothing written); :meth:`sync` also fsyncs (power loss).
-    """
-
-    VERSION = 1
-
-    def __init__(self, folder: str | os.PathLike, rank: int = 0, world_size: int = 1, resume: bool = False):
-        self.folder = Path(folder)
-        self.path = self.folder / f"rank{rank}.jsonl"
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
-        self.skipped = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.records, self.skipped = read_journal(self.folder)
-        elif rank == 0:
-            for old in self.folder.glob("rank*.jsonl"):
-                suffix = old.stem.removeprefix("rank")
-                if suffix.isdigit() and int(suffix) >= world_size:
-                    old.unlink(missing_ok=True)
-        self._file: IO[str] | None = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
-        if resume and self._file.tell() > 0:
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-            if torn:  # end a torn line so the next record starts on its own line
-                self._file.write("\n")
-
-    def get(self, point: str, batch: str) -> dict[str, Any] | None:
-        """The record of ``point`` on ``batch`` from an earlier run, if any."""
-        return self.records.get((point, batch))
-
-    def add(self, record: dict[str, Any]) -> None:
-        """Append one record (needs ``point`` and ``batch`` keys) and flush it to the OS."""
-        if self._file is None:
-            raise RuntimeError(f"Journal {self.path} is closed.")
-        record = {"version": self.VERSION, **record}
-        self._file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self._file.flush()
-
-    def sync(self) -> None:
-        if self._file is not None:
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self.sync()
-            self._file.close()
-            self._file = None
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:

@@ -79,8 +79,9 @@ def test_svlm_test_end_to_end(tmp_path, capsys):
     assert (out / "tradeoff.png").stat().st_size > 10_000
     assert (out / "config.yaml").exists() and (out / "metrics.csv").exists()
     assert sorted(p.parent.name for p in (out / "overlays").rglob("*.png")) == ["random-32", "random-64"]
-    # re-running into the same folder overwrites (save_config overwrite=True)
-    assert main(["test", "--config", str(_config(tmp_path)), "--data.limit", "2"]) == 0
+    # re-running into the same folder replaces the run only when asked
+    assert main(["test", "--config", str(_config(tmp_path)), "--data.limit", "2"]) == 1
+    assert main(["test", "--config", str(_config(tmp_path)), "--data.limit", "2", "--overwrite", "true"]) == 0
     with open(out / "tradeoff.csv") as f:
         assert {r["samples"] for r in csv.DictReader(f)} == {"2"}
 

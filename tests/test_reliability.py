@@ -17,8 +17,8 @@ from svlm.calibrate.schedule import ScheduleError, load_schedule
 from svlm.cli import is_user_error, main
 from svlm.data import VLMDataModule
 from svlm.engine.validation import InputError
+from svlm.journal import STAT_KEYS, Journal, read_journal
 from svlm.module import VLMEvaluator, check_model_name
-from svlm.results import Journal, read_journal
 from svlm.testing import random_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -72,7 +72,7 @@ def _fails(capsys, args: list[str], code: int, message: str) -> str:
     [
         ({"strategies": ["randm"]}, 2, "Unknown strategy 'randm'. Did you mean 'random'?"),
         ({"model": "tiny:gemma"}, 1, "Unknown tiny model family 'gemma'. Valid: llava, llava_next"),
-        ({"strategies": [{"strategy": "fastv", "budget": 0}]}, 2, "budget must be > 0"),
+        ({"strategies": [{"strategy": "fastv", "budget": 0}]}, 2, "budget=0.0 must be a finite number > 0"),
         (
             {"strategies": ["dense", {"strategy": "random", "budget": 1000}]},
             1,
@@ -293,22 +293,33 @@ def test_check_images_counts():
 # -- nothing lost: journal, resume, identical reruns ---------------------------------------------------------
 
 
+def _record(batch: str, answers: list[str]) -> dict:
+    n = float(len(answers))
+    stats = dict.fromkeys(STAT_KEYS, 0.0) | {"samples": n, "visual_samples": n, "batches": 1.0}
+    return {"point": "p", "batch": batch, "label": "p", "ids": None, "answers": answers, "stats": stats}
+
+
 def test_journal_ignores_torn_lines_and_resumes(tmp_path):
     journal = Journal(tmp_path, rank=0)
-    journal.add({"point": "p", "batch": "b0", "answers": ["x"]})
-    journal.add({"point": "p", "batch": "b1", "answers": ["y"]})
+    journal.add(_record("b0", ["x"]))
+    journal.add(_record("b1", ["y"]))
     journal.close()
     with open(tmp_path / "rank0.jsonl", "a") as f:
-        f.write('{"version": 1, "point": "p", "batch": "b2", "ans')  # killed mid-write
+        f.write('{"version": 2, "point": "p", "batch": "b2", "ans')  # killed mid-write
     (tmp_path / "rank3.jsonl").write_text("")  # left by an earlier 4-process run
     resumed = Journal(tmp_path, rank=0, world_size=1, resume=True)
     assert set(resumed.records) == {("p", "b0"), ("p", "b1")} and resumed.skipped == 1
-    resumed.add({"point": "p", "batch": "b2", "answers": ["z"]})
+    resumed.add(_record("b2", ["z"]))
     resumed.close()
     records, skipped = read_journal(tmp_path)
     assert records[("p", "b2")]["answers"] == ["z"] and skipped == 1  # the torn line stays unreadable
-    Journal(tmp_path, rank=0, world_size=2).close()  # a fresh run: empty file, other ranks' files removed
-    assert read_journal(tmp_path) == ({}, 0) and sorted(p.name for p in tmp_path.iterdir()) == ["rank0.jsonl"]
+    fresh = Journal(tmp_path, rank=0, world_size=2)
+    assert read_journal(tmp_path)[0]  # a fresh run truncates nothing before its first record
+    fresh.add(_record("b0", ["w"]))
+    fresh.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert read_journal(tmp_path) == ({("p", "b0"): read_journal(tmp_path)[0][("p", "b0")]}, 0)
+    assert names == ["header.json", "rank0.jsonl"]  # other ranks' files removed
 
 
 def _count_generate(monkeypatch) -> list[str]:
@@ -373,10 +384,12 @@ def test_rerun_with_the_same_seed_repeats_the_numbers(tmp_path):
     assert main(["test", "--config", config]) == 0
     first = _points(tmp_path)
     first_journal = read_journal(tmp_path / "run" / "journal")[0]
-    assert main(["test", "--config", config]) == 0  # no resume: everything recomputed
+    assert main(["test", "--config", config]) == 1  # the folder holds a run: refused, untouched
+    assert _points(tmp_path) == first
+    assert main(["test", "--config", config, "--overwrite", "true"]) == 0  # everything recomputed
     assert _points(tmp_path) == first
     again = read_journal(tmp_path / "run" / "journal")[0]
     assert {k: r["answers"] for k, r in again.items()} == {k: r["answers"] for k, r in first_journal.items()}
-    assert main(["test", "--config", config, "--data.seed", "1"]) == 0  # other data: other results
+    assert main(["test", "--config", config, "--data.seed", "1", "--overwrite", "true"]) == 0  # other data
     assert [p["samples"] for p in _points(tmp_path)] == [6, 6]
     assert not set(read_journal(tmp_path / "run" / "journal")[0]) & set(first_journal)

@@ -15,12 +15,12 @@ import yaml
 from svlm.cli import main
 from svlm.data import VLMDataModule, get_benchmark
 from svlm.data.datamodule import BatchShardSampler
+from svlm.journal import read_journal
 from svlm.metrics import metric_for, update_from_batch
 from svlm.module import PointStats
-from svlm.results import read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCY = {"prefill_latency_s", "generate_latency_s", "prefill_latency", "generate_latency"}
+LATENCY = {"prefill_latency_s", "generate_latency_s", "prefill_latency", "generate_latency", "checksum"}
 
 
 @pytest.mark.parametrize(("n", "batch_size", "world"), [(7, 2, 2), (8, 2, 3), (5, 5, 1), (9, 4, 3)])

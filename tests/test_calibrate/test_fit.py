@@ -129,21 +129,37 @@ def _cli_supports_fit() -> bool:
 
 
 @pytest.mark.skipif(not _cli_supports_fit(), reason="svlm/cli.py does not bind RankCalibrator to `fit` yet")
-def test_cli_fit_then_compare(tmp_path):
+def test_cli_fit_then_compare(tmp_path, monkeypatch, capsys):
     from svlm.calibrate.compare import main as compare_main
     from svlm.cli import main
 
+    monkeypatch.chdir(tmp_path)  # the shipped config's own folder (results/calib) must stay untouched
     config = yaml.safe_load((ROOT / "configs" / "calib.yaml").read_text())
-    config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, enable_progress_bar=False)
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
-    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    config["trainer"].update(max_epochs=1, enable_progress_bar=False)
     config["model"].update(model=MODEL, budget=BUDGET, max_new_tokens=2)
     config["data"].update(train_limit=4, limit=2, batch_size=2, image_size=112)
     path = tmp_path / "calib.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["fit", "--config", str(path)]) == 0
-    schedule = tmp_path / "schedule.yaml"
+    run = tmp_path / "run"
+    command = ["fit", "--config", str(path), "--trainer.default_root_dir", str(run)]
+    assert main(command) == 0
+    # every output follows the one run folder
+    for name in ("schedule.yaml", "metrics.csv", "config.yaml", "tradeoff.csv", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert not (tmp_path / "results").exists()
+    schedule = run / "schedule.yaml"
     assert read_schedule(schedule)["metrics"]["search"]["iterations"] == 2
+
+    # a checkpoint of other settings is refused, naming the difference, and nothing is touched
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*command, "--ckpt_path", "last", "--model.budget", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "model.budget: 24.0 in the checkpoint, 20.0 now" in err, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # the matching one resumes
+    assert main([*command, "--ckpt_path", "last", "--trainer.max_epochs", "2"]) == 0
+    assert read_schedule(schedule)["metrics"]["search"]["iterations"] == 4
     out = tmp_path / "compare.json"
     assert (
         compare_main(

@@ -175,3 +175,22 @@ def test_pre_llm_pruning_keeps_decode_positions(tiny, images, questions):
     cache = cache_out(out)
     assert cache.get_seq_length() == out.sequences.shape[1] - 1
     assert cache.physical_length(0) < cache.get_seq_length()
+
+
+@torch.no_grad()
+def test_report_budget_ignores_text_only_samples_of_a_mixed_batch(make_tiny_vlm, images):
+    tiny = make_tiny_vlm("llava")
+    processor = tiny.processor
+    with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "What colour is it?"}]}]
+    prompts = [
+        processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+        for c in (with_image, text_only)
+    ]
+    inputs = processor(images=images[:1], text=prompts, padding=True, return_tensors="pt")
+    sparse = svlm.sparsify(tiny.model, "random", budget=64)
+    sparse(**inputs)
+    report = sparse.last_report
+    assert report.budget_per_sample[1] == 0.0
+    assert report.budget == pytest.approx(64.0, abs=1.0)  # the text-only sample's 0 is not averaged in
+    assert report.budget_output <= report.budget
