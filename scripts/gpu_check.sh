@@ -15,7 +15,7 @@ set -u
 OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-TEST_LIMIT="${TEST_LIMIT:-170}"
+TEST_LIMIT="${TEST_LIMIT:-180}"
 COST_LIMIT="${COST_LIMIT:-150}"
 COST_ARGS="${COST_ARGS:-}"  # e.g. "--tiny --batches 1" to try the script on a CPU
 
@@ -29,6 +29,10 @@ COST_ARGS="${COST_ARGS:-}"  # e.g. "--tiny --batches 1" to try the script on a C
 cat "$OUT/env.txt"
 
 # 1. the gpu test tier. SIGINT first so that pytest still writes its JUnit XML when it runs out of time.
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+  echo "pytest is not installed: put its wheels (pytest, pluggy, iniconfig, pygments) in .whl/ and install them with the others" \
+    | tee "$OUT/pytest-gpu.log"
+fi
 timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider \
   --junitxml="$OUT/pytest-gpu.xml" \
   tests/test_engine/test_sparsify.py tests/test_strategies/test_registered.py tests/test_kernels/test_rows_attention.py \

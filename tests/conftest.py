@@ -17,6 +17,10 @@ from svlm.testing import FAMILIES, TinyVLM, random_image, tiny_vlm
 # One intra-op thread: the tiny models gain little from more, and when several test processes share a small
 # machine, OpenMP threads waiting on each other make forward passes 10-50x slower.
 torch.set_num_threads(1)
+# Exactness on CUDA is checked in true float32: no TF32 in cuDNN convolutions (the vision towers' patch
+# embeddings) or matmuls, whose algorithm choice may differ between a batch and a sample alone.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 QUESTIONS = (
     "What colour is the square in the top left corner?",

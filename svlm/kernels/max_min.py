@@ -10,6 +10,8 @@ Both give the same choice: the same distances, the same ``argmax`` ties (lowest 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from svlm.kernels.rows_attention import triton_available
@@ -103,9 +105,20 @@ def max_min_select(
     Triton on CUDA tensors when it is installed (``use_triton`` forces either path), else PyTorch.
     """
     if use_triton is None:
-        use_triton = triton_available() and dist.is_cuda
+        if triton_available() and dist.is_cuda and not _FAILED:
+            try:
+                return max_min_triton(dist, valid, k)
+            except Exception as error:  # noqa: BLE001 - a kernel that cannot run here must not stop pruning
+                _FAILED.append(error)
+                warnings.warn(
+                    f"svlm: the Triton max-min kernel failed ({error}); using PyTorch.", stacklevel=2
+                )
+        return max_min_reference(dist, valid, k)
     if use_triton:
         if not triton_available():
             raise RuntimeError("use_triton=True but triton is not installed (pip install 'svlm[triton]').")
         return max_min_triton(dist, valid, k)
     return max_min_reference(dist, valid, k)
+
+
+_FAILED: list[Exception] = []  # set once the kernel failed in this process (then PyTorch is used)
