@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from svlm.results import atomic_open
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KeptTokenOverlay", "kept_grid", "pruning_layers"]
+__all__ = ["KeptTokenOverlay", "caption", "kept_grid", "overlay_figure", "pruning_layers"]
 
 
 def pruning_layers(visual_tokens: Sequence[int], max_layers: int | None = None) -> list[int]:
@@ -46,6 +47,67 @@ def kept_grid(
     return kept.reshape(rows, cols).numpy()
 
 
+def caption(question: Any, answer: Any, reference: Any, width: int = 100, max_lines: int = 4) -> str:
+    """The question, the point's answer and the reference answer(s), wrapped (and cut) for a figure."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            value = " / ".join(dict.fromkeys(str(v) for v in value))
+        return " ".join(str(value).split())
+
+    lines = []
+    if question is not None:
+        lines += textwrap.wrap(f"Q: {text(question)}", width, max_lines=max_lines - 1, placeholder=" ...")
+    parts = [
+        f"answer: {text(answer)!r}" if answer is not None else "",
+        f"reference: {text(reference)!r}" if reference is not None else "",
+    ]
+    if any(parts):
+        lines += textwrap.wrap("   ".join(p for p in parts if p), width, max_lines=1, placeholder=" ...")
+    return "\n".join(lines)
+
+
+def overlay_figure(
+    rgb: np.ndarray,
+    maps: Sequence[tuple[int, np.ndarray]],
+    alpha: float,
+    title: str,
+    text: str = "",
+) -> Any:
+    """A matplotlib figure: one panel per ``(layer, kept map)``, dropped patches veiled in white, the title,
+    the caption ``text`` (question and answers) above the panels and a legend of kept / dropped patches."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    text_lines = text.count("\n") + 1 if text else 0
+    fig, axes = plt.subplots(
+        1,
+        len(maps),
+        figsize=(max(3 * len(maps), 6), 3.6 + 0.2 * text_lines),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (layer, kept) in zip(axes[0], maps, strict=True):
+        rows, cols = kept.shape
+        shade = np.ones((rows, cols, 4), dtype=float)  # dropped patches fade to white
+        shade[..., 3] = np.where(kept, 0.0, alpha)
+        ax.imshow(rgb, extent=(0, cols, rows, 0))
+        ax.imshow(shade, extent=(0, cols, rows, 0), interpolation="nearest")
+        ax.set_title(f"entering layer {layer}: {int(kept.sum())}/{rows * cols} kept", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title}\n{text}" if text else title, fontsize=9, ha="center")
+    handles = [
+        Patch(facecolor="none", edgecolor="black", label="kept patch (as is)"),
+        Patch(facecolor="white", edgecolor="grey", alpha=max(alpha, 0.3), label="dropped patch (faded)"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "point"
 
@@ -65,11 +127,17 @@ def _display_image(image: Any, center_crop: bool) -> np.ndarray:
     return np.asarray(image)
 
 
+def _item(batch: Any, key: str, index: int) -> Any:
+    values = batch.get(key) if isinstance(batch, Mapping) else None
+    return values[index] if values is not None and index < len(values) else None
+
+
 class KeptTokenOverlay(Callback):
     """Save, for the first ``num_samples`` test samples, the image with the kept visual tokens highlighted.
 
     One PNG per (strategy point, sample) with one panel per pruning layer (layer 0 and each layer where the
-    number of visual tokens changes): kept patches are shown as they are, dropped ones fade to white. Token
+    number of visual tokens changes): kept patches are shown as they are, dropped ones fade to white; the
+    question, the point's answer and the reference answer are printed above the panels, a legend below. Token
     geometry comes from the family adapter (``visual_grids``); families whose tokens are not one plain grid
     per image (LLaVA-NeXT anyres crops) are skipped with a logged reason. Points that prune nothing are
     skipped.
@@ -158,11 +226,16 @@ class KeptTokenOverlay(Callback):
                 )
                 return
             image = images[sample][0] if isinstance(images[sample], (list, tuple)) else images[sample]
+            question = _item(batch, "questions", sample)
+            reference = _item(batch, "answers", sample)
             for label, report in outputs["reports"].items():
                 if self.labels is not None and label not in self.labels:
                     continue
+                answers = (outputs.get("answers") or {}).get(label)
+                answer = answers[sample] if answers is not None and sample < len(answers) else None
+                text = caption(question, answer, reference, width=40 * min(self.max_layers, 4))
                 path = self._dir(trainer) / _safe(label) / f"sample_{self._seen:03d}.png"
-                if self._draw(report, sample, positions, grids[0], image, center_crop, label, path):
+                if self._draw(report, sample, positions, grids[0], image, center_crop, label, path, text):
                     self.saved.append(path)
             self._seen += 1
 
@@ -176,12 +249,8 @@ class KeptTokenOverlay(Callback):
         center_crop: bool,
         label: str,
         path: Path,
+        text: str = "",
     ) -> bool:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         counts = list(report.visual_tokens[sample])
         maps = [
             (layer, kept_grid(positions, report.positions(layer, sample), grid))
@@ -191,20 +260,12 @@ class KeptTokenOverlay(Callback):
             return False  # nothing pruned: nothing to show
         layers = pruning_layers(counts, self.max_layers)
         rgb = _display_image(image, center_crop)
-        rows, cols = grid
-        fig, axes = plt.subplots(1, len(layers), figsize=(3 * len(layers), 3.3), squeeze=False)
-        for ax, layer in zip(axes[0], layers, strict=True):
-            kept = maps[layer][1]
-            shade = np.ones((rows, cols, 4), dtype=float)  # dropped patches fade to white
-            shade[..., 3] = np.where(kept, 0.0, self.alpha)
-            ax.imshow(rgb, extent=(0, cols, rows, 0))
-            ax.imshow(shade, extent=(0, cols, rows, 0), interpolation="nearest")
-            ax.set_title(f"layer {layer}: {int(kept.sum())}/{rows * cols} kept", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(f"{label} - sample {self._seen}", fontsize=10)
-        fig.tight_layout()
+        fig = overlay_figure(
+            rgb, [maps[layer] for layer in layers], self.alpha, f"{label} - sample {self._seen}", text
+        )
         with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=100)
+        import matplotlib.pyplot as plt
+
         plt.close(fig)
         return True

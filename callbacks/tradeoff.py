@@ -16,7 +16,15 @@ from svlm.results import POINT_COLUMNS, atomic_open, atomic_write_csv, atomic_wr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLOT_METRICS", "TradeoffCurve", "check_metric", "pareto_front", "plot_tradeoff"]
+__all__ = [
+    "PLOT_METRICS",
+    "TradeoffCurve",
+    "check_metric",
+    "pareto_front",
+    "place_labels",
+    "plot_tradeoff",
+    "tradeoff_figure",
+]
 
 #: Point keys a trade-off can plot besides ``metric/<name>`` and ``relative/<name>`` (every metric the
 #: benchmark computes, e.g. ``metric/pope_f1``); ``kl``/``cosine`` are the calibration points' fidelity.
@@ -97,10 +105,30 @@ def plot_tradeoff(
     maximize: bool = True,
     title: str | None = None,
 ) -> Path:
-    """Save a two-panel PNG: ``metric`` vs prefill FLOPs and vs measured visual-token budget.
+    """Save :func:`tradeoff_figure` as a PNG at ``path`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = tradeoff_figure(points, metric, metric_label, maximize, title)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def tradeoff_figure(
+    points: Sequence[Mapping[str, Any]],
+    metric: str = "accuracy",
+    metric_label: str | None = None,
+    maximize: bool = True,
+    title: str | None = None,
+) -> Any:
+    """A two-panel figure: ``metric`` vs prefill FLOPs and vs measured visual-token budget.
 
     One line per strategy (points sorted by cost), the dense point as a dashed reference line with a star,
-    and the Pareto front (computed on each panel's x axis) as a grey step line with ringed points.
+    and the Pareto front (computed on each panel's x axis) as a grey step line with ringed points. Points are
+    labelled with their target budget (or, for points of one strategy that share it, the end of their labels)
+    without overlapping labels; one legend for both panels sits below them.
     """
     import matplotlib
 
@@ -118,12 +146,13 @@ def plot_tradeoff(
         ("_flops", f"prefill {unit} per sample (analytic)"),
         ("budget", "visual tokens per layer (measured, input-counted)"),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
     strategies = list(dict.fromkeys(str(p.get("strategy", "?")) for p in points))
     cmap = plt.get_cmap("tab10")
     colors = {s: cmap(i % 10) for i, s in enumerate(s for s in strategies if s != "dense")}
     dense = [p for p in points if p.get("strategy") == "dense" and _finite(p.get(metric))]
 
+    notes: dict[Any, list[tuple[float, float, str, Any]]] = {ax: [] for ax in axes}
     for ax, (xkey, xlabel) in zip(axes, panels, strict=True):
         usable = [p for p in points if _finite(p.get(xkey)) and _finite(p.get(metric))]
         for strategy in strategies:
@@ -139,16 +168,7 @@ def plot_tradeoff(
                 color=colors[strategy],
                 label=strategy,
             )
-            for p in pts:
-                if p.get("budget_target") is not None:
-                    ax.annotate(
-                        f"{p['budget_target']:g}",
-                        (p[xkey], p[metric]),
-                        textcoords="offset points",
-                        xytext=(4, 4),
-                        fontsize=7,
-                        color=colors[strategy],
-                    )
+            notes[ax].extend((p[xkey], p[metric], text, colors[strategy]) for p, text in _point_notes(pts))
         for i, p in enumerate(dense):
             ax.axhline(
                 p[metric], color="black", linestyle="--", linewidth=1, label="dense" if i == 0 else None
@@ -179,15 +199,89 @@ def plot_tradeoff(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric_label)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    if legend:  # one legend for both panels, below them: it never hides a point
+        fig.legend(
+            list(legend.values()),
+            list(legend),
+            loc="outside lower center",
+            ncols=min(len(legend), 6),
+            fontsize=8,
+        )
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    fig.draw_without_rendering()  # settle the layout: labels are placed in display space
+    for ax, items in notes.items():
+        place_labels(ax, items)
+    return fig
+
+
+def _point_notes(points: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """What to write next to each point of one strategy's line: its target budget, or, where several points
+    share one (the epochs of a calibration), what tells them apart in their labels (``e0``, ``e1``, ...)."""
+    targets = [p.get("budget_target") for p in points]
+    if len(set(targets)) == len(targets):
+        return [(p, f"{t:g}") for p, t in zip(points, targets, strict=True) if isinstance(t, (int, float))]
+    labels = [str(p.get("label", "")) for p in points]
+    prefix = os.path.commonprefix(labels) if len(labels) > 1 else ""
+    prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else ""
+    return [(p, label[len(prefix) :] or label) for p, label in zip(points, labels, strict=True)]
+
+
+#: Where a point's label may go, in points from the point, tried in order until one overlaps no other label.
+LABEL_OFFSETS: tuple[tuple[int, int], ...] = (
+    (4, 4),
+    (4, -10),
+    (-4, 4),
+    (-4, -10),
+    (4, 12),
+    (-4, 12),
+    (4, -18),
+    (-4, -18),
+    (10, -3),
+    (-10, -3),
+)
+
+
+def place_labels(
+    ax: Any, items: Sequence[tuple[float, float, str, Any]], same_spot_px: float = 6.0
+) -> list[Any]:
+    """Annotate ``(x, y, text, color)`` items so that no two labels overlap: each takes the first offset of
+    :data:`LABEL_OFFSETS` that is free (the first one if none is). A label equal to one already placed within
+    ``same_spot_px`` pixels (two strategies at the same budget on the same spot) is written once."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list[tuple[Any, str, Any]] = []
+    annotations = []
+    for x, y, text, color in items:
+        if not (_finite(x) and _finite(y)):
+            continue
+        spot = ax.transData.transform((x, y))
+        if any(t == text and abs(spot - s).max() < same_spot_px for _, t, s in placed):
+            continue
+        for i, (dx, dy) in enumerate(LABEL_OFFSETS):
+            note = ax.annotate(
+                text,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                ha="left" if dx >= 0 else "right",
+                fontsize=7,
+                color=color,
+            )
+            box = note.get_window_extent(renderer).padded(2)
+            if not any(box.overlaps(b) for b, _, _ in placed) or i == len(LABEL_OFFSETS) - 1:
+                break
+            note.remove()
+        if any(box.overlaps(b) for b, _, _ in placed):  # nowhere free: back to the first place
+            note.set_position(LABEL_OFFSETS[0])
+            note.set_ha("left")
+            box = note.get_window_extent(renderer).padded(2)
+        placed.append((box, text, spot))
+        annotations.append(note)
+    return annotations
 
 
 class TradeoffCurve(Callback):

@@ -67,3 +67,42 @@ def test_overlay_skips_dense_and_llava_next(tmp_path):
     assert cb.saved == [] and cb.skipped is None  # nothing pruned: nothing drawn
     cb, _ = _run("llava_next", tmp_path / "next", "random", budget=32)
     assert cb.saved == [] and "no single token grid" in cb.skipped
+
+
+def test_overlay_shows_question_answers_and_a_legend(tmp_path, monkeypatch):
+    """Each overlay says what was asked, what this point answered and what was expected, and which shading
+    means kept or dropped."""
+    import matplotlib.pyplot as plt
+
+    from svlm.callbacks import overlay
+
+    figures = []
+    real = overlay.overlay_figure
+    monkeypatch.setattr(
+        overlay, "overlay_figure", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1]
+    )
+    monkeypatch.setattr(plt, "close", lambda fig: None)
+    vlm = tiny_vlm("llava", num_layers=4)
+    images = [random_image(seed=0)]
+    inputs = vlm.inputs(images, ["What colour is the square?"])
+    sparse = svlm.sparsify(vlm.model, "random", budget=64)
+    sparse(**inputs)
+    outputs = {
+        "reports": {"random-64": sparse.last_report},
+        "inputs": dict(inputs),
+        "answers": {"random-64": ["red"]},
+    }
+    batch = {"images": images, "questions": ["What colour is the square?"], "answers": [["blue", "navy"]]}
+    module = SimpleNamespace(vlm=vlm.model, processor=vlm.processor)
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), is_global_zero=True)
+    cb = KeptTokenOverlay(num_samples=1)
+    cb.on_test_start(trainer, module)
+    cb.on_test_batch_end(trainer, module, outputs, batch, 0)
+    (fig,) = figures
+    title = fig._suptitle.get_text()
+    assert "Q: What colour is the square?" in title
+    assert "answer: 'red'" in title and "reference: 'blue / navy'" in title
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["kept patch (as is)", "dropped patch (faded)"]
+    assert cb.saved and cb.saved[0].read_bytes()[:4] == b"\x89PNG"
+    plt.close("all")

@@ -148,3 +148,64 @@ def test_tradeoff_skips_without_points_and_in_sanity_check(tmp_path):
 def test_plot_metric_choice(tmp_path, metric):
     cb = TradeoffCurve(metric=metric)
     assert cb.write(_trainer(tmp_path), SimpleNamespace(points=POINTS))["png"].exists()
+
+
+def _labels(fig):
+    return [[t.get_text() for t in ax.texts] for ax in fig.axes]
+
+
+def test_plot_labels_never_overlap_and_the_legend_sits_below():
+    """Two strategies at the same budget on the same spot get one "192", neighbours do not overlap, and
+    the one legend is outside both panels (it hid points before)."""
+    import matplotlib.pyplot as plt
+
+    from svlm.callbacks.tradeoff import tradeoff_figure
+
+    points = [
+        _point("dense", "dense", 4.0, 0.80, budget=256),
+        _point("fastv-192", "fastv", 1.6, 0.70, budget=192, target=192),
+        _point("random-192", "random", 1.6, 0.70, budget=192, target=192),
+        _point("fastv-128", "fastv", 1.1, 0.60, budget=128, target=128),
+        _point("random-128", "random", 1.2, 0.60, budget=128, target=128),
+        _point("sparsevlm-128", "sparsevlm", 1.3, 0.60, budget=128, target=128),
+    ]
+    fig = tradeoff_figure(points)
+    try:
+        assert [sorted(texts) for texts in _labels(fig)] == [["128", "128", "128", "192"], ["128", "192"]]
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            boxes = [t.get_window_extent(renderer) for t in ax.texts]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+            assert ax.get_legend() is None
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "fastv",
+            "random",
+            "sparsevlm",
+            "dense",
+            "Pareto front",
+        ]
+        legend_box = legend.get_window_extent(renderer)
+        assert all(legend_box.y1 < ax.get_window_extent(renderer).y0 for ax in fig.axes)
+    finally:
+        plt.close(fig)
+
+
+def test_calibration_epochs_are_labelled_by_epoch():
+    """Points of one strategy at one budget (calibration epochs) are told apart by label, not all "96"."""
+    import matplotlib.pyplot as plt
+
+    from svlm.callbacks.tradeoff import tradeoff_figure
+
+    points = [
+        _point("dense", "dense", 4.0, 0.80, budget=256),
+        _point("sparsevlm-96", "sparsevlm", 1.0, 0.5, 96, 96),
+    ]
+    points += [
+        _point(f"calibrated-e{e}", "calibrated", 1.0 - 0.1 * e, 0.5 + 0.05 * e, 96, 96) for e in range(4)
+    ]
+    fig = tradeoff_figure(points)
+    try:
+        assert sorted(_labels(fig)[0]) == ["96", "e0", "e1", "e2", "e3"]
+    finally:
+        plt.close(fig)
