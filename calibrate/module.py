@@ -49,7 +49,7 @@ from svlm.calibrate.fidelity import (
     tokenize,
 )
 from svlm.calibrate.params import RankSpace, default_shape, make_space
-from svlm.calibrate.schedule import save_schedule
+from svlm.calibrate.schedule import model_record, save_schedule
 from svlm.calibrate.search import EvolutionSearch
 from svlm.models import load_vlm, resolve_device
 from svlm.module import check_load_options, check_model_name
@@ -491,7 +491,10 @@ class RankCalibrator(pl.LightningModule):
         if self._trainer is not None and not self.trainer.is_global_zero:
             return None
         params = self.schedule_params()
-        path = save_schedule(self.output_path(), "sparsevlm", params, self.schedule_metrics(params))
+        from svlm.adapters import adapter_for
+
+        model = model_record(self.model_name, adapter_for(self._ensure_model()).info().num_layers)
+        path = save_schedule(self.output_path(), "sparsevlm", params, self.schedule_metrics(params), model)
         log.info("Calibrated schedule written to %s", path)
         return path
 

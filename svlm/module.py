@@ -390,6 +390,21 @@ class VLMEvaluator(pl.LightningModule):
         for p in vlm.parameters():
             p.requires_grad_(False)
         self.vlm, self.processor, self.family = vlm, processor, family
+        self._check_schedules()
+
+    def _check_schedules(self) -> None:
+        """Points that load a calibrated schedule: refused for a model of another depth, warned about for
+        another model name."""
+        from svlm.adapters import adapter_for
+        from svlm.calibrate.schedule import check_schedule_model
+
+        num_layers = None
+        for cfg, obj in zip(self.point_configs, self.strategy_objects, strict=True):
+            record = getattr(obj, "schedule_model", None)
+            if record:
+                num_layers = num_layers or adapter_for(self.vlm).info().num_layers
+                where = f"Strategy point {cfg.label!r}: schedule {cfg.kwargs.get('schedule')!r}"
+                check_schedule_model(record, num_layers, where=where, name=self.model_name)
 
     def _ensure_model(self) -> nn.Module:
         if self.vlm is None:

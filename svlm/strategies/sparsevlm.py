@@ -294,10 +294,12 @@ class SparseVLM(Strategy):
         positions: str | None = None,
         schedule: str | None = None,
     ) -> None:
+        self.schedule_model: dict | None = None  # the model a schedule file was calibrated for
         if schedule is not None:
-            from svlm.calibrate.schedule import load_schedule
+            from svlm.calibrate.schedule import read_schedule
 
-            loaded = load_schedule(schedule, strategy="sparsevlm")
+            data = read_schedule(schedule, strategy="sparsevlm")  # every value validated
+            loaded, self.schedule_model = dict(data["params"]), data["model"]
             budget = loaded.pop("budget", budget)
             layers = loaded.pop("layers", layers)
             counts = loaded.pop("counts", counts)
@@ -374,6 +376,12 @@ class SparseVLM(Strategy):
         return scale_layers(self.layers, ctx.info.num_layers)
 
     def prepare(self, ctx: PrefillContext) -> None:
+        if self.schedule_model is not None:
+            from svlm.calibrate.schedule import check_schedule_model
+
+            check_schedule_model(
+                self.schedule_model, ctx.info.num_layers, where=f"Schedule {self.schedule!r}"
+            )
         ctx.scratch["raters"], flops = select_raters(ctx.inputs_embeds, ctx.visual, ctx.valid)
         ctx.overhead_flops += flops
         ctx.scratch["layers"] = self.prune_layers(ctx)
