@@ -61,3 +61,31 @@ def test_discipline_flags_a_factory_without_device():
     with DeviceDiscipline() as mode:
         svlm.strategies.schedule_counts.__globals__["torch"].zeros(2)  # called from this test: not svlm
     assert mode.violations == []
+
+
+def _trainer(root, **kwargs):
+    import lightning.pytorch as pl
+
+    options = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
+    return pl.Trainer(default_root_dir=str(root), enable_model_summary=False, **options, **kwargs)
+
+
+def test_evaluator_and_calibration_create_tensors_with_a_device(tmp_path):
+    from svlm.calibrate import RankCalibrator
+    from svlm.data import VLMDataModule
+    from svlm.module import VLMEvaluator
+
+    evaluator = VLMEvaluator(
+        "tiny:llava?num_layers=4",
+        strategies=["dense", {"strategy": "fastv", "budget": 0.6}],
+        max_new_tokens=2,
+    )
+    calibrator = RankCalibrator(
+        model="tiny:llava?num_layers=8&image_size=112", budget=24.0, dtype="float32", max_new_tokens=2,
+        benchmark="shapes",
+    )  # fmt: skip
+    with DeviceDiscipline() as mode:
+        _trainer(tmp_path / "eval").test(evaluator, datamodule=VLMDataModule("shapes", limit=2, batch_size=2))
+        data = VLMDataModule("shapes", train_limit=4, limit=2, batch_size=2, image_size=112)
+        _trainer(tmp_path / "fit", max_epochs=1, num_sanity_val_steps=0).fit(calibrator, data)
+    mode.check()
