@@ -422,6 +422,8 @@ def is_user_error(err: BaseException) -> bool:
 
 
 IMPORT_OPTION = "--import"
+#: Comma-separated modules to import, like ``--import`` (set by ``svlm`` for the processes it starts).
+IMPORT_ENV = "SVLM_IMPORT"
 
 
 def pop_imports(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -458,6 +460,10 @@ def main(args: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"svlm: error: {err}", file=sys.stderr)
         return 2
+    # processes Lightning starts (DDP) rerun sys.argv, which no longer holds --import: they read SVLM_IMPORT
+    modules = [m for m in dict.fromkeys([*os.environ.get(IMPORT_ENV, "").split(","), *modules]) if m]
+    if modules:
+        os.environ[IMPORT_ENV] = ",".join(modules)
     if args is None:
         sys.argv[1:] = argv  # LightningCLI reads sys.argv itself
     command = f"svlm {argv[0]}" if argv and not argv[0].startswith("-") else "svlm"

@@ -85,12 +85,15 @@ def test_unknown_user_strategy_names_the_ways_to_load_it(tmp_path, capsys):
 
 def test_import_option(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("SVLM_IMPORT", raising=False)
     _user_module(tmp_path, "svlm_user_plugin_a", "user_plugin_a", "UserPluginA")
     try:
         assert main(["strategies", "--import=svlm_user_plugin_a"]) == 0
         assert "user_plugin_a  Keep the visual tokens whose" in capsys.readouterr().out
+        assert os.environ["SVLM_IMPORT"] == "svlm_user_plugin_a"  # for the processes a DDP run starts
     finally:
         STRATEGIES.unregister("user_plugin_a")
+    monkeypatch.delenv("SVLM_IMPORT")
     assert main(["strategies", "--import", "no_such_module_xyz"]) == 1
     assert "Cannot import module 'no_such_module_xyz' given with --import" in capsys.readouterr().err
     assert main(["test", "--import"]) == 2
@@ -98,6 +101,18 @@ def test_import_option(tmp_path, monkeypatch, capsys):
         ["test", "--x", "1"],
         ["a,b", "c"],
     )
+
+
+def test_import_environment_variable(tmp_path, monkeypatch, capsys):
+    """SVLM_IMPORT=a,b works like --import (a DDP worker reruns the command line without --import)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _user_module(tmp_path, "svlm_user_plugin_b", "user_plugin_b", "UserPluginB")
+    monkeypatch.setenv("SVLM_IMPORT", "svlm_user_plugin_b")
+    try:
+        assert main(["strategies"]) == 0
+        assert "user_plugin_b" in capsys.readouterr().out
+    finally:
+        STRATEGIES.unregister("user_plugin_b")
 
 
 def _dist(site: Path, name: str, entries: dict[str, str]) -> None:
