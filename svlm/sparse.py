@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from svlm.adapters import Adapter, adapter_for
 from svlm.engine.cache import CACHE_KWARG, PrunedCache, cache_in
+from svlm.engine.execution import DEFAULT_BUCKET, LayerExecutor, check_execution
 from svlm.engine.session import PruningSession
 from svlm.engine.validation import validate_inputs
 from svlm.report import Report
@@ -22,7 +24,15 @@ class SparseModel:
     (or wrapped with another strategy) at any time.
     """
 
-    def __init__(self, model: nn.Module, strategy: Strategy, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        *,
+        seed: int | None = None,
+        execution: str = "eager",
+        bucket: int | None = None,
+    ) -> None:
         self.model = model
         self.strategy = strategy
         self.adapter: Adapter = adapter_for(model)
@@ -32,11 +42,18 @@ class SparseModel:
         self._session = PruningSession(
             model, self.adapter, strategy, seed=seed
         )  # validates the attention impl
+        self.execution = check_execution(execution, model, self.adapter.attn_implementation)
+        self._executor: LayerExecutor | None = None
+        if self.execution != "eager":
+            self._executor = LayerExecutor(self._session, self.execution)
+            self._session.bucket = DEFAULT_BUCKET if bucket is None else int(bucket)
+        elif bucket:
+            self._session.bucket = int(bucket)
 
     # -- calls -----------------------------------------------------------------------------------------
     def __call__(self, **inputs: Any) -> Any:
         inputs = self._with_cache(inputs)
-        with self._attached() as session:
+        with self._attached() as session, self._fast():
             out = self.model(**inputs)
         report = self._collect(session)
         if report is not None and getattr(out, "logits", None) is not None:
@@ -51,7 +68,7 @@ class SparseModel:
         if int(inputs.get("num_beams", 1) or 1) > 1:
             raise ValueError("svlm's pruned generation does not support beam search (num_beams > 1) yet.")
         inputs = self._with_cache(inputs, required=True, reserve=_new_tokens(self.model, inputs))
-        with self._attached() as session:
+        with self._attached() as session, self._fast():
             out = self.model.generate(**inputs)
         self._collect(session)
         return out
@@ -64,6 +81,10 @@ class SparseModel:
     # -- helpers ---------------------------------------------------------------------------------------
     def _attached(self) -> PruningSession:
         return self._session  # entering it resets its reports (and refuses a second concurrent call)
+
+    def _fast(self) -> Any:
+        """The layer executor of a fast ``execution`` (entered after the session), or a no-op."""
+        return self._executor if self._executor is not None else contextlib.nullcontext()
 
     def _collect(self, session: PruningSession) -> Report | None:
         if session.reports:
@@ -107,12 +128,25 @@ def _new_tokens(model: nn.Module, inputs: dict[str, Any]) -> int:
 
 
 def sparsify(
-    model: nn.Module, strategy: str | Strategy | dict[str, Any] = "dense", **kwargs: Any
+    model: nn.Module,
+    strategy: str | Strategy | dict[str, Any] = "dense",
+    *,
+    execution: str = "eager",
+    bucket: int | None = None,
+    **kwargs: Any,
 ) -> SparseModel:
     """Wrap a transformers VLM so that its calls prune visual tokens with ``strategy``.
 
     ``strategy`` is a registered name (see :func:`svlm.available_strategies`), a ``package.module.Class``
     path, a ``{"class_path": ..., "init_args": {...}}`` dict or a :class:`svlm.Strategy` instance; ``kwargs``
     go to the strategy (``budget=64``, ...).
+
+    ``execution`` picks how the decoder layers run (:mod:`svlm.engine.execution`): ``eager`` (transformers'
+    own forward, the default), ``cuda_graphs`` (each layer captured once per shape and replayed: on a GPU
+    at small batches, where a layer's cost is launching its kernels), ``compile`` (``torch.compile``) or
+    ``static`` (the same static-shape code without either). The fast modes need SDPA attention, pad pruned
+    sequences to a multiple of ``bucket`` slots (default 32) so shapes repeat, and give results equal to
+    ``eager`` up to floating-point rounding; the KV cache a call returns stays valid until the wrapper's
+    next call (its buffers are reused).
     """
-    return SparseModel(model, build_strategy(strategy, **kwargs))
+    return SparseModel(model, build_strategy(strategy, **kwargs), execution=execution, bucket=bucket)

@@ -119,3 +119,32 @@ def apply_plan(
         sin=gather_rows(sin, index),
     )
     return new, gather_rows(hidden, index)
+
+
+def pad_to_bucket(
+    seq: TokenSequence, hidden: torch.Tensor, bucket: int
+) -> tuple[TokenSequence, torch.Tensor]:
+    """``seq`` (and its hidden states) left-padded with padding slots to a multiple of ``bucket`` slots.
+
+    The fast execution modes reuse one CUDA graph per shape; rounding every pruned length up to a few
+    buckets lets many inputs share a shape. Padding slots are exact no-ops: they are never attended to as
+    keys (each attends only to itself, see :mod:`svlm.engine.masks`), their rows are dropped from the
+    logits and not counted as tokens, and their zero hidden states and rotary tables stay finite.
+    """
+    pad = -seq.length % bucket if bucket > 1 else 0
+    if pad == 0:
+        return seq, hidden
+    b = seq.origin.shape[0]
+
+    def left(x: torch.Tensor, value: float | bool) -> torch.Tensor:
+        return torch.cat([x.new_full((b, pad, *x.shape[2:]), value), x], dim=1)
+
+    padded = TokenSequence(
+        origin=left(seq.origin, -1),
+        visual=left(seq.visual, False),
+        valid=left(seq.valid, False),
+        cos=left(seq.cos, 0.0),
+        sin=left(seq.sin, 0.0),
+    )
+    padded._padded = True
+    return padded, left(hidden, 0.0)

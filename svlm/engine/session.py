@@ -43,7 +43,7 @@ from svlm.adapters.base import Adapter
 from svlm.engine.cache import PrunedCache, cache_in, cache_out
 from svlm.engine.masks import decode_mask, mask_format, prefill_mask
 from svlm.engine.scoring import attention_rows, rows_from_mask
-from svlm.engine.sequence import TokenSequence, apply_plan, plan_gather, renumber
+from svlm.engine.sequence import TokenSequence, apply_plan, pad_to_bucket, plan_gather, renumber
 from svlm.engine.validation import InputError
 from svlm.report import LayerDecision, Report
 from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
@@ -70,6 +70,9 @@ class PruningSession:
         self.seed = seed
         self.handles: list[RemovableHandle] = []
         self.reports: list[Report] = []
+        #: Pruned sequences are left-padded to a multiple of this many slots (0: never); the fast execution
+        #: modes set it so that a few shapes serve every input (svlm.engine.execution).
+        self.bucket = 0
         self._busy = threading.Lock()
         self._token: Token | None = None
         self._reset()
@@ -356,6 +359,8 @@ class PruningSession:
             seq, keep, selection.merged_valid if selection.merged is not None else None
         )
         new_seq, new_hidden = apply_plan(seq, hidden, index, valid, selection.merged, selection.merged_anchor)
+        if self.bucket:
+            new_seq, new_hidden = pad_to_bucket(new_seq, new_hidden, self.bucket)
         if self.strategy.renumber_positions:
             renumber(new_seq, lambda positions: self.adapter.rotary_tables(new_hidden, positions))
         merged = 0 if selection.merged_valid is None else selection.merged_valid.sum(-1)
