@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import Metric
 
+from svlm.engine.execution import EXECUTIONS
 from svlm.engine.validation import InputError
 from svlm.journal import STAT_KEYS, Journal, point_key, run_determinants, summarize_rejected
 from svlm.models import load_vlm, resolve_device
@@ -320,6 +321,9 @@ class VLMEvaluator(pl.LightningModule):
         cpu_threads: Intra-op threads for torch on CPU (``None``: torch's default). On a shared or small
             machine 1 avoids OpenMP threads spinning against other processes, which can slow a tiny model
             down tenfold.
+        execution: How the decoder layers run (``svlm.sparsify``'s ``execution``): ``eager`` (transformers'
+            own forward), ``cuda_graphs`` (replayed CUDA graphs: faster on a GPU at small batches),
+            ``compile`` or ``static``. Results equal eager's up to floating-point rounding.
 
     Before the first generate of a run, every strategy point runs one prefill on the first sample, so a bad
     budget, pruning layer or input fails before any real work. Under DDP, metrics and costs are summed over
@@ -341,6 +345,7 @@ class VLMEvaluator(pl.LightningModule):
         resume: bool = False,
         journal: bool = True,
         cpu_threads: int | None = None,
+        execution: str = "eager",
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -353,6 +358,10 @@ class VLMEvaluator(pl.LightningModule):
         self.attn_implementation = attn_implementation
         self.max_new_tokens = max_new_tokens
         self.seed = seed
+        if execution not in EXECUTIONS:
+            raise ValueError(f"Unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}.")
+        self.execution = execution
+        self._wrappers: dict[int, Any] = {}  # one per strategy point, kept so fast modes reuse their graphs
         self.benchmark = benchmark
         self.latency_warmup = latency_warmup
         self.processor_kwargs = dict(processor_kwargs or {})
@@ -506,6 +515,18 @@ class VLMEvaluator(pl.LightningModule):
             for h in handles:
                 h.remove()
 
+    def _wrapper(self, index: int) -> Any:
+        """The ``svlm.sparsify`` wrapper of strategy point ``index``, made once (fast modes keep their graphs
+        and buffers in it)."""
+        import svlm
+
+        model = self._ensure_model()
+        if index not in self._wrappers or self._wrappers[index].model is not model:
+            self._wrappers[index] = svlm.sparsify(
+                model, self.strategy_objects[index], execution=self.execution
+            )
+        return self._wrappers[index]
+
     def generate(
         self, index: int | None, inputs: Mapping[str, Any], seed: int | None = None
     ) -> tuple[torch.Tensor, Any, dict[str, float]]:
@@ -514,14 +535,12 @@ class VLMEvaluator(pl.LightningModule):
         Returns the new token ids, the point's ``last_report`` (``None`` for the unwrapped model) and the
         wall-clock times of the prefill (first forward) and of the whole ``generate``.
         """
-        import svlm
-
         model = self._ensure_model()
         device = next(model.parameters()).device
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if seed is not None:
             torch.manual_seed(seed)
-        sparse = svlm.sparsify(model, self.strategy_objects[index]) if index is not None else None
+        sparse = self._wrapper(index) if index is not None else None
         runner = sparse if sparse is not None else model
         try:
             with self._prefill_timer(device) as timing, torch.no_grad():
@@ -730,13 +749,12 @@ class VLMEvaluator(pl.LightningModule):
     def _preflight(self, batch: Mapping[str, Any], todo: Sequence[int]) -> None:
         """One prefill of the batch's first sample per point: bad budgets, pruning layers or inputs raise
         here, naming the point, before any generate."""
-        import svlm
 
         first = {k: v[:1] if isinstance(v, list) else v for k, v in batch.items()}
         inputs = self.tokenize(first)
-        model = self._ensure_model()
+        self._ensure_model()
         for i in todo:
-            sparse = svlm.sparsify(model, self.strategy_objects[i])
+            sparse = self._wrapper(i)
             try:
                 with torch.no_grad():
                     sparse(**inputs)

@@ -160,3 +160,47 @@ def test_cuda_graphs_equal_eager(family, images, questions, name, kwargs):
     graphs = [f for f in sparse._executor.functions.values() if f.graph is not None]
     assert graphs and len(graphs) == len(sparse._executor.functions)
     assert sparse._executor.calls["decode"] == 3 * len(model.model.model.language_model.layers)
+
+
+def _svlm_test(tmp_path, execution: str) -> list[dict]:
+    import csv
+
+    import yaml
+
+    from svlm.cli import main
+
+    results = tmp_path / execution
+    config = {
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(results),
+            "enable_progress_bar": False,
+            "logger": False,
+        },
+        "model": {
+            "model": "tiny:llava",
+            "max_new_tokens": 2,
+            "strategies": ["dense", {"strategy": "random", "budget": 64}],
+            "execution": execution,
+            "journal": False,
+        },
+        "data": {"benchmark": "shapes", "limit": 4, "batch_size": 2},
+    }
+    path = tmp_path / f"{execution}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["test", "--config", str(path)]) == 0
+    with open(results / "tradeoff.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_svlm_test_exposes_execution(tmp_path):
+    """`svlm test --model.execution static` scores the same answers as eager."""
+    eager, fast = _svlm_test(tmp_path, "eager"), _svlm_test(tmp_path, "static")
+    keys = ("label", "budget", "exact_match")
+    assert "exact_match" in eager[0] and len(eager) == 2
+    assert [[r.get(k) for k in keys] for r in fast] == [[r.get(k) for k in keys] for r in eager]
+    from svlm.module import VLMEvaluator
+
+    with pytest.raises(ValueError, match="Unknown execution 'fastest'"):
+        VLMEvaluator(execution="fastest")
