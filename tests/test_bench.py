@@ -235,3 +235,49 @@ def test_bench_help_is_short_and_keeps_its_lines(capsys):
     assert len(description.splitlines()) < 15
     assert "\n  svlm bench --config configs/bench.yaml" in description  # examples stay one per line
     assert "--compare_keep" in text  # every option still has its own help
+
+
+def test_bench_times_fast_execution_modes_against_dense_in_the_same_mode(tmp_path):
+    """`executions: [eager, static]`: each mode its own rows, dense of the same mode at every batch size,
+    mode_speedup against it; the fast-mode targets appear; eager rows keep their labels."""
+    out = tmp_path / "bench.json"
+    bench(
+        model="tiny:llava",
+        strategies=["dense", "random"],
+        budgets=[64],
+        batch_sizes=[2],
+        batch_strategies=["random"],
+        executions=["eager", "static"],
+        max_new_tokens=2,
+        repeats=1,
+        warmup=0,
+        output=out,
+        progress=False,
+        steady_memory=False,
+        decoder_check=False,
+    )
+    data = json.loads(out.read_text())
+    labels = [(r["label"], r["execution"]) for r in data["rows"]]
+    assert labels == [
+        ("hf", "eager"),
+        ("dense", "eager"),
+        ("random-64", "eager"),
+        ("dense+static", "static"),
+        ("random-64+static", "static"),
+        ("hf@b2", "eager"),
+        ("random-64@b2", "eager"),
+        ("dense+static@b2", "static"),
+        ("random-64+static@b2", "static"),
+    ]
+    by = {r["label"]: r for r in data["rows"]}
+    assert all("error" not in r for r in data["rows"])
+    assert by["dense+static"]["mode_speedup"] == 1.0 and by["random-64+static"]["mode_speedup"] > 0
+    assert by["random-64+static"]["budget"] == by["random-64"]["budget"] == 64  # padding is not counted
+    assert by["random-64+static@b2"]["batch_gain"] > 0  # against random-64+static at batch 1
+    assert data["meta"]["executions"] == ["eager", "static"]
+    targets = [t["target"] for t in data["targets"]]
+    assert "random-64+static: prefill >= 2.5x faster than dense, same mode" in targets
+    assert "random-64+static: decoding >= 0.5 of the memory-bandwidth floor" in targets
+    assert not any(t.startswith("random-64+static: prefill speedup / FLOPs") for t in targets)
+    with pytest.raises(ValueError, match="executions: unknown mode 'fast'"):
+        bench(model="tiny:llava", executions=["fast"], progress=False)

@@ -57,6 +57,7 @@ def test_gpu_config_names_the_7b_shapes():
     assert (cfg["device"], cfg["dtype"]) == ("cuda", "bfloat16")
     assert (cfg["batch_size"], cfg["batch_sizes"]) == (1, [8, 32])
     assert cfg["budgets"] == [192, 128, 64] and cfg["compare_sparsevlm"] is True
+    assert cfg["executions"] == ["eager", "cuda_graphs"]
 
 
 def test_a_cpu_sized_copy_of_the_gpu_config_runs_end_to_end(tmp_path, capsys):
@@ -76,6 +77,8 @@ def test_a_cpu_sized_copy_of_the_gpu_config_runs_end_to_end(tmp_path, capsys):
         "float32",
         "--batch_sizes",
         "[2]",
+        "--executions",
+        "[eager, static]",  # cuda_graphs replays exactly what static runs (tests/test_engine/test_execution.py)
         "--repeats",
         "1",
         "--warmup",
@@ -93,13 +96,20 @@ def test_a_cpu_sized_copy_of_the_gpu_config_runs_end_to_end(tmp_path, capsys):
     expected = ["hf", "dense"] + [
         f"{name}-{budget}" for name in cfg["strategies"] if name != "dense" for budget in cfg["budgets"]
     ]
-    expected += ["hf@b2"] + [f"{name}-64@b2" for name in cfg["batch_strategies"]]
+    fast = ["dense+static"] + [
+        f"{name}-{budget}+static" for name in cfg["strategies"] if name != "dense" for budget in cfg["budgets"]
+    ]
+    expected += fast + ["hf@b2"] + [f"{name}-64@b2" for name in cfg["batch_strategies"]]
+    expected += ["dense+static@b2"] + [f"{name}-64+static@b2" for name in cfg["batch_strategies"]]
     assert labels == expected
     for row in data["rows"]:  # at the GPU model's depth only a schedule's own infeasibility may stop a row
         assert "error" not in row or row["error"].startswith("BudgetError"), row
     assert all("error" not in r for r in data["rows"] if r["batch_size"] > 1)
     compare = [r["label"] for r in data["comparison"]]
-    assert compare == ["hf", "hf-eager", "sparsevlm-pypi"] + [f"{s}-0.25" for s in cfg["compare_strategies"]]
+    svlm_rows = [f"{s}-0.25" for s in cfg["compare_strategies"]] + [
+        f"{s}-0.25+static" for s in cfg["compare_strategies"]
+    ]
+    assert compare == ["hf", "hf-eager", "sparsevlm-pypi", *svlm_rows]
     assert all("error" not in r for r in data["comparison"])
 
 

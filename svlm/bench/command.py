@@ -35,6 +35,7 @@ from svlm.bench.runners import (
 )
 from svlm.bench.targets import speed_targets
 from svlm.bench.timing import TIMERS, Runner, measure
+from svlm.engine.execution import EXECUTIONS
 from svlm.engine.layout import resolve_layout, set_linear_layout
 
 __all__ = ["bench"]
@@ -71,6 +72,8 @@ def bench(
     attn_implementation: str = "sdpa",
     device: str = "auto",
     weight_layout: str = "auto",
+    executions: list[str] | None = None,
+    bucket: int | None = None,
     compare_sparsevlm: bool = False,
     compare_model: str = COMPARE_MODEL,
     compare_keep: float = 0.25,
@@ -111,6 +114,11 @@ def bench(
             model of the run (reference, svlm rows and the PyPI comparison): ``auto`` (``input_major`` on
             CPU, where MKL runs few-row GEMMs faster on it, ``native`` elsewhere), ``native`` or
             ``input_major``. Values and results are the same either way; only speed differs.
+        executions: How svlm runs the decoder layers (``svlm.sparsify``'s ``execution``), each timed as its
+            own set of rows (default ``[eager]``): ``eager``, ``cuda_graphs`` (GPU), ``compile`` or
+            ``static``. Rows of a fast mode are labelled ``<point>+<mode>``, include ``dense`` at every
+            batch size, and report ``mode_speedup`` against it (the reference ``hf`` stays eager).
+        bucket: Pruned sequences are padded to a multiple of this many slots in the fast modes (default 32).
         compare_sparsevlm: Also run the PyPI package ``sparsevlm`` on ``compare_model`` next to dense SDPA,
             dense eager and svlm at the same keep ratio; the package runs in a process of its own.
         compare_model: A Qwen2.5-VL model spec for the comparison (default: ~100M random, 576 visual tokens).
@@ -152,6 +160,12 @@ def bench(
         raise ValueError(f"compare_new_tokens must all be >= 1, got {compare_new_tokens}")
     if not 0 < compare_keep < 1:
         raise ValueError(f"compare_keep is a share of visual tokens in (0, 1), got {compare_keep}")
+    modes = list(dict.fromkeys(executions or ["eager"]))
+    for mode in modes:
+        if mode not in EXECUTIONS:
+            raise ValueError(f"executions: unknown mode {mode!r}; valid: {', '.join(EXECUTIONS)}.")
+    if "cuda_graphs" in modes and resolve_device(device).type != "cuda":
+        raise ValueError(f"executions: cuda_graphs needs device='cuda', got device={device!r}")
     names = list(dict.fromkeys(strategies or ["dense", *svlm.available_strategies()]))
     for name in names:  # unknown names and arguments fail before any model loads
         if name == "dense":
@@ -202,6 +216,7 @@ def bench(
             dtype=str(next(vlm.parameters()).dtype),
             attn_implementation=attn_implementation,
             weight_layout=layout,
+            executions=modes,
             prompt_tokens=int(inputs[batch_size]["input_ids"].shape[1]),
             max_new_tokens=max_new_tokens,
             timer=timer,
@@ -217,13 +232,19 @@ def bench(
         for b in [batch_size, *extra_batches]:
             case = Case("speed", vlm, inputs[b], dev, b, max_new_tokens, attn_implementation)
             runners.append(hf_runner(case, label_for("hf", None, b, batch_size)))
-            points = [(n, None) if n == "dense" else (n, x) for n in names for x in budgets]
-            if b != batch_size:
-                points = [(n, min(budgets)) for n in batch_strategies or names if n != "dense"]
-            for name, budget in dict.fromkeys(points):
-                runners.append(svlm_runner(case, label_for(name, budget, b, batch_size), name, budget))
+            for mode in modes:
+                points = [(n, None) if n == "dense" else (n, x) for n in names for x in budgets]
+                if b != batch_size:
+                    points = [(n, min(budgets)) for n in batch_strategies or names if n != "dense"]
+                    if mode != "eager":  # the reference of the mode at this batch size
+                        points.insert(0, ("dense", None))
+                for name, budget in dict.fromkeys(points):
+                    label = label_for(name, budget, b, batch_size, mode)
+                    runners.append(svlm_runner(case, label, name, budget, mode, bucket))
         compare_strategies = compare_strategies or ["sparsevlm"]
-        n_compare = len(compare_lengths) * (3 + len(compare_strategies)) if compare_sparsevlm else 0
+        n_compare = (
+            len(compare_lengths) * (3 + len(compare_strategies) * len(modes)) if compare_sparsevlm else 0
+        )
         total = (warmup + repeats + 1) * (len(runners) + n_compare)
         bar = tqdm(total=total, desc="svlm bench", disable=not progress, file=sys.stderr)
         with bar, torch.inference_mode():
@@ -257,6 +278,7 @@ def bench(
                     num_threads,
                     timer,
                     steady_memory,
+                    modes,
                 )
                 with contextlib.closing(worker):
                     for runner in compare:

@@ -134,10 +134,11 @@ def comparison_runners(
     num_threads: int | None = None,
     timer: str = "wall",
     steady_memory: bool = False,
+    executions: Sequence[str] = ("eager",),
 ) -> tuple[list[Runner], Any, PypiWorker]:
     """Rows on one Qwen2.5-VL model: dense SDPA (reference), dense eager, the PyPI package (in a
     :class:`PypiWorker`, which the caller closes), svlm, once per output length in ``lengths``; every copy
-    of the model gets the same weight ``layout``."""
+    of the model gets the same weight ``layout``; svlm's rows run in each of ``executions``."""
     from svlm.models import load_vlm
 
     sdpa, processor, family = load_vlm(spec, dtype, dev, "sdpa")
@@ -182,7 +183,11 @@ def comparison_runners(
                 worker=worker,
             ),
         ]
-        runners += [svlm_runner(case, f"{name}-{keep:g}", name, keep) for name in strategies]
+        for mode in executions:  # svlm's rows in every execution mode of the run
+            suffix = "" if mode == "eager" else f"+{mode}"
+            runners += [
+                svlm_runner(case, f"{name}-{keep:g}{suffix}", name, keep, mode) for name in strategies
+            ]
     return runners, inputs, worker
 
 

@@ -36,6 +36,7 @@ SPEED_COLUMNS = [
     ("scoring_share", "scoring", "{:.2%}"),
     ("generate_speedup", "generate_x", "{:.2f}"),
     ("batch_gain", "batch_gain", "{:.2f}"),
+    ("mode_speedup", "x_dense", "{:.2f}"),
 ]
 COMPARE_COLUMNS = [
     ("label", "label", "{}"),

@@ -22,6 +22,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "strategy",
     "budget_target",
     "batch_size",
+    "execution",
     "new_tokens",
     "attn_implementation",
     "budget",
@@ -48,6 +49,8 @@ ROW_COLUMNS: tuple[str, ...] = (
     "scoring_s",
     "scoring_share",
     "batch_gain",
+    "mode_speedup",
+    "mode_efficiency",
     "speedup_vs_pypi",
     "prefill_speedup_vs_pypi",
     "error",
@@ -99,6 +102,7 @@ def make_row(runner: Runner, reference: Runner | None, dense_prefill_s: float) -
         "strategy": runner.strategy,
         "budget_target": runner.budget_target,
         "batch_size": runner.batch,
+        "execution": runner.execution,
         "new_tokens": runner.new_tokens,
         "attn_implementation": runner.attn_implementation,
     }
@@ -153,16 +157,26 @@ def make_row(runner: Runner, reference: Runner | None, dense_prefill_s: float) -
 
 
 def speed_rows(runners: list[Runner], main_batch: int) -> list[dict[str, Any]]:
-    """Rows of the speed table: speed-ups against ``hf`` at the same batch size, batching gains against the
-    same strategy and budget at ``main_batch``."""
+    """Rows of the speed table: speed-ups against ``hf`` at the same batch size, against svlm's ``dense`` in
+    the same execution mode and batch size (``mode_speedup``, ``mode_efficiency``: fair to a fast mode, which
+    speeds up the dense model too), batching gains against the same point at ``main_batch``."""
     references = {r.batch: r for r in runners if r.strategy == "hf"}
-    by_label = {(r.strategy, r.budget_target): r for r in runners if r.batch == main_batch}
+    dense = {(r.execution, r.batch): r for r in runners if r.strategy == "dense"}
+    by_label = {(r.strategy, r.budget_target, r.execution): r for r in runners if r.batch == main_batch}
     rows = []
     for runner in runners:
         reference = references.get(runner.batch)
         dense_s = median([x.prefill_s for x in reference.runs]) if reference else math.nan
         row = make_row(runner, reference, dense_s)
-        base = by_label.get((runner.strategy, runner.budget_target))
+        same_mode = dense.get((runner.execution, runner.batch))
+        if runner.strategy != "hf" and same_mode is not None and same_mode.runs and runner.runs:
+            row["mode_speedup"] = paired_speedup(
+                [x.prefill_s for x in same_mode.runs], [x.prefill_s for x in runner.runs]
+            )
+            if runner.flops is not None:
+                sparse, full = runner.flops[0], runner.flops[1]
+                row["mode_efficiency"] = efficiency(row["mode_speedup"], full, sparse)
+        base = by_label.get((runner.strategy, runner.budget_target, runner.execution))
         if runner.batch != main_batch and base is not None and base.runs and runner.runs:
             per_sample_base = [x.prefill_s / base.batch for x in base.runs]
             per_sample = [x.prefill_s / runner.batch for x in runner.runs]

@@ -17,8 +17,11 @@ __all__ = ["DEFAULT_QUESTION", "Case", "cast_pixels", "hf_runner", "label_for", 
 DEFAULT_QUESTION = "What is shown in the image? Answer the question using a single word or phrase."
 
 
-def label_for(name: str, budget: float | None, batch: int, main_batch: int) -> str:
+def label_for(name: str, budget: float | None, batch: int, main_batch: int, execution: str = "eager") -> str:
+    """``fastv-64``, ``fastv-64@b8``; a fast execution mode adds ``+<mode>``: ``fastv-64+cuda_graphs@b8``."""
     label = name if budget is None else f"{name}-{budget:g}"
+    if execution != "eager":
+        label += f"+{execution}"
     return label if batch == main_batch else f"{label}@b{batch}"
 
 
@@ -87,14 +90,21 @@ def hf_runner(case: Case, label: str = "hf") -> Runner:
     return case.runner(label, "hf", lambda: model.generate(**inputs, **kwargs))
 
 
-def svlm_runner(case: Case, label: str, name: str, budget: float | None) -> Runner:
+def svlm_runner(
+    case: Case,
+    label: str,
+    name: str,
+    budget: float | None,
+    execution: str = "eager",
+    bucket: int | None = None,
+) -> Runner:
     import svlm
 
     strategy = svlm.build_strategy(name) if budget is None else svlm.build_strategy(name, budget=budget)
-    sparse = svlm.sparsify(case.model, strategy)
+    sparse = svlm.sparsify(case.model, strategy, execution=execution, bucket=bucket)
     inputs, kwargs = case.inputs, generate_kwargs(case.new_tokens)
 
     def call() -> Any:
         return sparse.generate(**inputs, **kwargs)
 
-    return case.runner(label, name, call, budget_target=budget, sparse=sparse)
+    return case.runner(label, name, call, budget_target=budget, sparse=sparse, execution=execution)

@@ -135,6 +135,7 @@ class Runner:
     new_tokens: int
     budget_target: float | None = None
     attn_implementation: str = "sdpa"
+    execution: str = "eager"  # how svlm runs the decoder layers (svlm.sparsify's execution)
     sparse: Any = None  # svlm.SparseModel for svlm rows
     token_forward: int = 0  # index of the forward that yields the first new token
     flops: tuple[float, float, float, float] | None = None  # sparse, dense, sparse causal, dense causal
