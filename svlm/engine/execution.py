@@ -141,7 +141,8 @@ class _Static:
         graph_pool: Any = None,
     ) -> None:
         self.fn = fn
-        self.inputs = [None if x is None else x.clone() for x in inputs]
+        with torch.inference_mode(False):  # normal tensors: writable inside and outside inference mode
+            self.inputs = [None if x is None else x.clone() for x in inputs]
         self.statics = statics
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
@@ -182,6 +183,7 @@ class LayerExecutor:
         self.mode = mode
         self.layers = list(session.adapter.decoder_layers)
         self.kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ours: set[int] = set()  # data pointers of the key buffers above
         self.decode_state: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.functions: dict[tuple, _Static] = {}
         self._pool: Any = None
@@ -269,7 +271,9 @@ class LayerExecutor:
         b, heads, _, dim = like.shape
         key = (idx, b, heads, capacity, dim, like.dtype, like.device)
         if key not in self.kv:
-            self.kv[key] = (like.new_zeros(b, heads, capacity, dim), like.new_zeros(b, heads, capacity, dim))
+            with torch.inference_mode(False):
+                self.kv[key] = tuple(like.new_zeros(b, heads, capacity, dim) for _ in range(2))
+            self._ours.add(self.kv[key][0].data_ptr())
         return self.kv[key]
 
     def _adopt(self, idx: int, layer: nn.Module, kwargs: dict) -> None:
@@ -340,7 +344,7 @@ class LayerExecutor:
         key_buffer = getattr(cache_layer, "_key_buffer", None)
         value_buffer = getattr(cache_layer, "_value_buffer", None)
         seq = self.session.layer_seqs[idx] if idx < len(self.session.layer_seqs) else None
-        if key_buffer is None or seq is None or not any(key_buffer is kb for kb, _ in self.kv.values()):
+        if key_buffer is None or seq is None or key_buffer.data_ptr() not in self._ours:
             return None  # not a buffer of ours (e.g. the prompt ran eagerly): transformers' path
         old = cache_layer.get_seq_length()
         capacity = key_buffer.shape[2]
@@ -349,10 +353,11 @@ class LayerExecutor:
         state_key = (idx, key_buffer.data_ptr(), tuple(key_buffer.shape))
         if state_key not in self.decode_state:
             b = key_buffer.shape[0]
-            self.decode_state[state_key] = (
-                torch.zeros(b, 1, 1, capacity, dtype=torch.bool, device=key_buffer.device),
-                torch.zeros(1, dtype=torch.long, device=key_buffer.device),
-            )
+            with torch.inference_mode(False):
+                self.decode_state[state_key] = (
+                    torch.zeros(b, 1, 1, capacity, dtype=torch.bool, device=key_buffer.device),
+                    torch.zeros(1, dtype=torch.long, device=key_buffer.device),
+                )
         key_mask, pos = self.decode_state[state_key]
         if idx not in self._prompt_done:  # first step of this call: the layer's valid prompt slots
             if seq.valid.shape[1] != old:

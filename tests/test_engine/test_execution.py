@@ -197,10 +197,23 @@ def _svlm_test(tmp_path, execution: str) -> list[dict]:
 def test_svlm_test_exposes_execution(tmp_path):
     """`svlm test --model.execution static` scores the same answers as eager."""
     eager, fast = _svlm_test(tmp_path, "eager"), _svlm_test(tmp_path, "static")
-    keys = ("label", "budget", "exact_match")
-    assert "exact_match" in eager[0] and len(eager) == 2
+    keys = ("label", "budget", "accuracy", "metric/exact_match")
+    assert eager[0]["metric/exact_match"] and len(eager) == 2
     assert [[r.get(k) for k in keys] for r in fast] == [[r.get(k) for k in keys] for r in eager]
     from svlm.module import VLMEvaluator
 
     with pytest.raises(ValueError, match="Unknown execution 'fastest'"):
         VLMEvaluator(execution="fastest")
+
+
+def test_buffers_made_in_inference_mode_serve_calls_outside_it(make_tiny_vlm, images, questions):
+    """The bench times under torch.inference_mode, svlm test under no_grad: one wrapper serves both."""
+    tiny = make_tiny_vlm("llava")
+    inputs = tiny.inputs(images[:1], questions[:1])
+    sparse = svlm.sparsify(tiny.model, "random", budget=64, execution="static")
+    with torch.inference_mode():
+        first = sparse.generate(**inputs, max_new_tokens=3)
+    second = sparse.generate(**inputs, max_new_tokens=3)
+    with torch.inference_mode():
+        third = sparse.generate(**inputs, max_new_tokens=3)
+    assert torch.equal(first, second) and torch.equal(first, third)
