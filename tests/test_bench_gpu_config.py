@@ -98,7 +98,7 @@ def test_a_cpu_sized_copy_of_the_gpu_config_runs_end_to_end(tmp_path, capsys):
     ]
     pruning = [name for name in cfg["strategies"] if name != "dense"]
     fast = ["dense+static"] + [f"{name}-{budget}+static" for name in pruning for budget in cfg["budgets"]]
-    expected += fast + ["hf@b2"] + [f"{name}-64@b2" for name in cfg["batch_strategies"]]
+    expected += ["hf@b2"] + [f"{name}-64@b2" for name in cfg["batch_strategies"]] + fast
     expected += ["dense+static@b2"] + [f"{name}-64+static@b2" for name in cfg["batch_strategies"]]
     assert labels == expected
     for row in data["rows"]:  # at the GPU model's depth only a schedule's own infeasibility may stop a row

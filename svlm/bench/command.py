@@ -250,18 +250,25 @@ def bench(
         with bar, torch.inference_mode():
             for runner in runners:
                 runner.clock = TIMERS[timer]
-            measure(runners, warmup, repeats, bar, dev)
+            result["decode_floor"] = decode_floor(runners, repeats, TIMERS[timer], dev)
+            measured: list[Runner] = []
+            for mode in modes:  # one group per execution mode, saved as it ends (a fast mode comes last)
+                group = [
+                    r for r in runners if r.execution == mode or (r.strategy == "hf" and mode == "eager")
+                ]
+                measure(group, warmup, repeats, bar, dev)
+                for runner in group:
+                    if runner.error is None:
+                        add_flops(runner)
+                measured += group
+                result["rows"] = speed_rows(measured, batch_size)
+                save()
             if decoder_check:
                 prompt = int(inputs[batch_size]["input_ids"].shape[1])
                 visual = visual_counts(vlm, inputs[batch_size])[0]
                 kept = prompt - visual + int(min(budgets))
                 result["decoder_ceiling"] = decoder_ceiling(vlm, prompt, kept, repeats, TIMERS[timer], dev)
-            result["decode_floor"] = decode_floor(runners, repeats, TIMERS[timer], dev)
-            for runner in runners:
-                if runner.error is None:
-                    add_flops(runner)
-            result["rows"] = speed_rows(runners, batch_size)
-            save()
+                save()
             del runners, case, vlm, inputs  # the comparison's models need the memory (a GPU's)
             if compare_sparsevlm and pypi_error is None:
                 compare, compare_inputs, worker = comparison_runners(
