@@ -7,7 +7,8 @@
 # Run from the repository root. Writes under $OUT (default ./gpu-check-out), as it goes:
 #   env.txt                 versions and the device
 #   pytest-gpu.xml / .log   the `gpu` test tier (pytest -m gpu): every strategy on every family on CUDA,
-#                           fp32 and bf16; masked-key oracle and batch-equals-alone in fp32; the Triton kernel
+#                           fp32 and bf16; masked-key oracle and batch-equals-alone in fp32; the Triton kernels
+#                           (without pytest: device_check.json from python -m svlm.testing.device_check)
 #   selection_cost.json/.log selection time as a share of dense prefill (7B-shaped LLaVA, bf16, batch 1 and 8,
 #                           budgets 192/128/64) and the rows-attention kernel against its reference
 # Each step has its own time limit, so a slow step still leaves the others' results.
@@ -29,16 +30,19 @@ COST_ARGS="${COST_ARGS:-}"  # e.g. "--tiny --batches 1" to try the script on a C
 cat "$OUT/env.txt"
 
 # 1. the gpu test tier. SIGINT first so that pytest still writes its JUnit XML when it runs out of time.
-if ! "$PY" -c "import pytest" 2>/dev/null; then
-  echo "pytest is not installed: put its wheels (pytest, pluggy, iniconfig, pygments) in .whl/ and install them with the others" \
-    | tee "$OUT/pytest-gpu.log"
+if "$PY" -c "import pytest" 2>/dev/null; then
+  timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider \
+    --junitxml="$OUT/pytest-gpu.xml" \
+    tests/test_engine/test_sparsify.py tests/test_strategies/test_registered.py tests/test_kernels \
+    > "$OUT/pytest-gpu.log" 2>&1
+  echo "pytest -m gpu exit code: $?" | tee -a "$OUT/pytest-gpu.log"
+  tail -n 25 "$OUT/pytest-gpu.log"
+else  # the same acceptance checks without pytest (its wheels: pytest, pluggy, iniconfig, pygments in .whl/)
+  echo "pytest is not installed: running python -m svlm.testing.device_check instead" | tee "$OUT/pytest-gpu.log"
+  timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m svlm.testing.device_check --out "$OUT" > "$OUT/device_check.log" 2>&1
+  echo "device_check exit code: $?" | tee -a "$OUT/device_check.log"
+  tail -n 5 "$OUT/device_check.log"
 fi
-timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider \
-  --junitxml="$OUT/pytest-gpu.xml" \
-  tests/test_engine/test_sparsify.py tests/test_strategies/test_registered.py tests/test_kernels/test_rows_attention.py \
-  > "$OUT/pytest-gpu.log" 2>&1
-echo "pytest -m gpu exit code: $?" | tee -a "$OUT/pytest-gpu.log"
-tail -n 25 "$OUT/pytest-gpu.log"
 
 # 2. selection cost and the kernel comparison (JSON rewritten after every row).
 timeout -s INT -k 15 "$COST_LIMIT" "$PY" -m svlm.selection_cost --out "$OUT" $COST_ARGS > "$OUT/selection_cost.log" 2>&1
