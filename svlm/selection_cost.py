@@ -84,8 +84,8 @@ def build(spec: str, device: torch.device, dtype: torch.dtype):
     """The tiny random model of ``spec``, constructed directly on ``device`` (a 7B init on a CPU takes
     minutes), in ``dtype``."""
     family, kwargs = _parse_tiny(spec)
-    with device:
-        vlm = tiny_vlm(family, dtype=dtype, **kwargs)
+    kwargs.setdefault("init_device", device)
+    vlm = tiny_vlm(family, dtype=dtype, **kwargs)
     vlm.model.to(device)
     return vlm
 
