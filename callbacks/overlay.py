@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import textwrap
@@ -108,8 +109,15 @@ def overlay_figure(
     return fig
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "point"
+def folder_name(label: str) -> str:
+    """A folder name for a point label that stays inside ``overlays/`` and never collides: letters, digits,
+    ``_.-`` kept, no leading dot (``.``, ``..``, hidden names); a label that had to change gets a short digest
+    of itself appended, so ``a/b`` and ``a_b`` stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_").lstrip(".")
+    if safe and safe == label:
+        return safe
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    return f"{safe or 'point'}-{digest}"
 
 
 def _display_image(image: Any, center_crop: bool) -> np.ndarray:
@@ -234,7 +242,7 @@ class KeptTokenOverlay(Callback):
                 answers = (outputs.get("answers") or {}).get(label)
                 answer = answers[sample] if answers is not None and sample < len(answers) else None
                 text = caption(question, answer, reference, width=40 * min(self.max_layers, 4))
-                path = self._dir(trainer) / _safe(label) / f"sample_{self._seen:03d}.png"
+                path = self._dir(trainer) / folder_name(label) / f"sample_{self._seen:03d}.png"
                 if self._draw(report, sample, positions, grids[0], image, center_crop, label, path, text):
                     self.saved.append(path)
             self._seen += 1

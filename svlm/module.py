@@ -457,6 +457,14 @@ class VLMEvaluator(pl.LightningModule):
                 f"entries (per sample: images {counts}, prompt image entries {slots}); give each image one "
                 '{"type": "image"} entry in the conversation.'
             )
+        for i, image in enumerate(images or []):
+            for one in image if isinstance(image, (list, tuple)) else [image]:
+                size = getattr(one, "size", None)
+                if isinstance(size, tuple) and 0 in size:
+                    raise InputError(
+                        f"Sample {i} of the batch has an empty image ({size[0]}x{size[1]} pixels); every "
+                        "image needs at least one pixel."
+                    )
         if len(set(counts)) > 1:
             raise InputError(
                 f"The batch mixes samples with different numbers of images (per sample: {counts}); svlm "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -212,6 +214,20 @@ def test_jsonl_mirror_with_image_paths(tmp_path, cache):
     )
     with pytest.raises(DataError, match="cannot open image"):
         load_benchmark("pope", str(tmp_path / "test.jsonl"), cache_dir=cache)[0]
+
+
+@pytest.mark.parametrize("where", ["../outside.png", "{abs}", "sub/../../outside.png", "link.png"])
+def test_rows_may_not_point_outside_the_data_folder(tmp_path, cache, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (20, 10)).save(outside)
+    (data / "link.png").symlink_to(outside)
+    path = where.format(abs=outside)
+    row = {"question_id": "q0", "question": "?", "answer": "yes", "image": path, "category": "random"}
+    (data / "test.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=f"image path '{path}' points outside the data folder"):
+        load_benchmark("pope", str(data / "test.jsonl"), cache_dir=cache)[0]
 
 
 def test_empty_jsonl_and_parquet_are_named(tmp_path):

@@ -209,13 +209,21 @@ def _two_images_first(batch):
     return batch
 
 
+def _empty_second_image(batch):
+    from PIL import Image
+
+    batch["images"][1] = Image.new("RGB", (0, 0))
+    return batch
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (_no_image_entry, "Sample 0 of the batch has 1 image(s) but its prompt has 0 image entries"),
         (_two_images_first, "The batch mixes samples with different numbers of images (per sample: [2, 1])"),
+        (_empty_second_image, "Sample 1 of the batch has an empty image (0x0 pixels)"),
     ],
-    ids=["prompt-without-image", "mixed-image-counts"],
+    ids=["prompt-without-image", "mixed-image-counts", "empty-image"],
 )
 def test_bad_batches(tmp_path, capsys, monkeypatch, edit, message):
     _edited(monkeypatch, edit)

@@ -104,8 +104,16 @@ class BenchmarkDataset(Dataset):
         return self.spec.normalise(row, i, self)
 
     def _open_image(self, path: str) -> Image.Image:
+        """Open an image a row names by path, relative to the data folder; a path that leads outside it
+        (``../``, absolute, symlinks) is refused."""
         base = Path(self.source)
-        full = Path(path) if Path(path).is_absolute() else (base.parent if base.is_file() else base) / path
+        root = base.parent if base.is_file() else base
+        full = Path(path) if Path(path).is_absolute() else root / path
+        if root.is_dir() and root.resolve() not in full.resolve().parents:
+            raise DataError(
+                f"{self.spec.name}: image path {path!r} points outside the data folder {str(root)!r}; "
+                "rows may name images inside it only."
+            )
         try:
             with Image.open(full) as im:
                 return im.convert("RGB")

@@ -6,7 +6,7 @@ import torch
 
 import svlm
 from svlm.callbacks import KeptTokenOverlay
-from svlm.callbacks.overlay import kept_grid, pruning_layers
+from svlm.callbacks.overlay import folder_name, kept_grid, pruning_layers
 from svlm.testing import random_image, tiny_vlm
 
 
@@ -23,6 +23,17 @@ def test_kept_grid_maps_positions_to_patches():
     assert grid.tolist() == [[True, False, False], [False, True, False], [False, False, True]]
     with pytest.raises(ValueError, match="needs 16"):
         kept_grid(visual, kept, (4, 4))
+
+
+def test_folder_names_stay_inside_and_never_collide(tmp_path):
+    labels = ["..", ".", "a/b", "a_b", "a b", ".hidden", "../x", "", "random-64", "sparsevlm-0.5"]
+    names = [folder_name(label) for label in labels]
+    assert len(set(names)) == len(labels)
+    root = (tmp_path / "overlays").resolve()
+    for name in names:
+        assert name and "/" not in name and not name.startswith(".")
+        assert (root / name).resolve().parent == root
+    assert folder_name("random-64") == "random-64" and folder_name("sparsevlm-0.5") == "sparsevlm-0.5"
 
 
 def _run(family, tmp_path, strategy="random", **kwargs):
@@ -46,7 +57,8 @@ def test_overlay_pngs(family, tmp_path):
     cb, report = _run(family, tmp_path, "random", budget=64)
     assert cb.skipped is None
     assert [p.name for p in cb.saved] == ["sample_000.png", "sample_001.png", "sample_002.png"]
-    assert all(p.parent.name == "p_1" and p.read_bytes()[:4] == b"\x89PNG" for p in cb.saved)
+    assert all(p.parent.name == folder_name("p/1") and p.read_bytes()[:4] == b"\x89PNG" for p in cb.saved)
+    assert folder_name("p/1").startswith("p_1-")
 
 
 def test_overlay_counts_match_report(tmp_path):
