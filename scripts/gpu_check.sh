@@ -7,7 +7,8 @@
 # Run from the repository root. Writes under $OUT (default ./gpu-check-out), as it goes:
 #   env.txt                 versions and the device
 #   pytest-gpu.xml / .log   the `gpu` test tier (pytest -m gpu): every strategy on every family on CUDA,
-#                           fp32 and bf16; masked-key oracle and batch-equals-alone in fp32; the Triton kernels
+#                           fp32 and bf16; masked-key oracle and batch-equals-alone in fp32; the Triton kernels;
+#                           the fast execution mode's CUDA graphs against eager; models built on the GPU
 #                           (without pytest: device_check.json from python -m svlm.testing.device_check)
 #   selection_cost.json/.log selection time as a share of dense prefill (7B-shaped LLaVA, bf16, batch 1 and 8,
 #                           budgets 192/128/64) and the rows-attention kernel against its reference
@@ -34,6 +35,7 @@ if "$PY" -c "import pytest" 2>/dev/null; then
   timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider \
     --junitxml="$OUT/pytest-gpu.xml" \
     tests/test_engine/test_sparsify.py tests/test_strategies/test_registered.py tests/test_kernels \
+    tests/test_engine/test_execution.py tests/test_testing.py \
     > "$OUT/pytest-gpu.log" 2>&1
   echo "pytest -m gpu exit code: $?" | tee -a "$OUT/pytest-gpu.log"
   tail -n 25 "$OUT/pytest-gpu.log"
