@@ -27,6 +27,7 @@ next call, so in the fast modes the cache a call returns is valid until that wra
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -182,12 +183,12 @@ class LayerExecutor:
         self.session = session
         self.mode = mode
         self.layers = list(session.adapter.decoder_layers)
+        self._index = {id(layer): idx for idx, layer in enumerate(self.layers)}
         self.kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ours: set[int] = set()  # data pointers of the key buffers above
         self.decode_state: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.functions: dict[tuple, _Static] = {}
         self._pool: Any = None
-        self._saved: list[tuple[bool, Any]] = []  # per layer: had an instance `forward`, and which
         self._prompt_done: set[int] = set()
         self.calls = {"prefill": 0, "decode": 0, "eager": 0}  # layer calls of the last wrapper call, by path
         self._prefill_fn: Callable[..., torch.Tensor] = prefill_layer
@@ -208,34 +209,28 @@ class LayerExecutor:
     def __enter__(self) -> LayerExecutor:
         self._prompt_done.clear()
         self.calls = dict.fromkeys(self.calls, 0)
-        self._saved = [("forward" in layer.__dict__, layer.__dict__.get("forward")) for layer in self.layers]
-        for idx, layer in enumerate(self.layers):
-            layer.forward = self._forward(idx, layer, layer.forward)
+        self.session.executor = self
+        for layer in self.layers:
+            _install(layer)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for layer, (had, previous) in zip(self.layers, self._saved, strict=True):
-            if had:
-                layer.forward = previous
-            else:
-                del layer.forward  # back to the class's forward
-        self._saved = []
+        for layer in self.layers:
+            _uninstall(layer)
 
-    def _forward(self, idx: int, layer: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
-        from svlm.engine.session import ACTIVE_SESSION
-
-        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if args or ACTIVE_SESSION.get() is not self.session:
-                return original(hidden_states, *args, **kwargs)
-            out = self._fast(idx, layer, hidden_states, kwargs)
-            if out is None:
-                self.calls["eager"] += 1
-                out = original(hidden_states, **kwargs)
-                if self.session.prefill:
-                    self._adopt(idx, layer, kwargs)
-            return out
-
-        return forward
+    def run_layer(
+        self, layer: nn.Module, original: Callable[..., Any], hidden: torch.Tensor, kwargs: dict
+    ) -> Any:
+        """One call of ``layer`` inside this executor's session: the fast path, or ``original`` (transformers'
+        forward) where the fast path does not apply."""
+        idx = self._index[id(layer)]
+        out = self._fast(idx, layer, hidden, kwargs)
+        if out is None:
+            self.calls["eager"] += 1
+            out = original(hidden, **kwargs)
+            if self.session.prefill:
+                self._adopt(idx, layer, kwargs)
+        return out
 
     # -- one layer call ---------------------------------------------------------------------------------
     def _fast(self, idx: int, layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
@@ -380,3 +375,46 @@ class LayerExecutor:
         cache_layer.values = value_buffer[:, :, : old + 1]
         self.calls["decode"] += 1
         return out
+
+
+# -- the layers' forward while any executor is attached ------------------------------------------------------
+# One dispatcher per layer, installed by the first executor that attaches and removed by the last that
+# detaches (wrappers of one model may run in several threads): each call goes to the executor of the
+# session active in its own thread (svlm.engine.session.ACTIVE_SESSION), or to the layer's own forward.
+_LOCK = threading.Lock()
+_INSTALLED: dict[int, list[Any]] = {}  # id(layer) -> [users, had an instance `forward`, that forward]
+
+
+def _install(layer: nn.Module) -> None:
+    from svlm.engine.session import ACTIVE_SESSION
+
+    with _LOCK:
+        entry = _INSTALLED.get(id(layer))
+        if entry is not None:
+            entry[0] += 1
+            return
+        _INSTALLED[id(layer)] = [1, "forward" in layer.__dict__, layer.__dict__.get("forward")]
+        original = layer.forward
+
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            executor = getattr(ACTIVE_SESSION.get(), "executor", None)
+            if args or executor is None or id(layer) not in executor._index:
+                return original(hidden_states, *args, **kwargs)
+            return executor.run_layer(layer, original, hidden_states, kwargs)
+
+        layer.forward = forward
+
+
+def _uninstall(layer: nn.Module) -> None:
+    with _LOCK:
+        entry = _INSTALLED.get(id(layer))
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] > 0:
+            return
+        del _INSTALLED[id(layer)]
+        if entry[1]:
+            layer.forward = entry[2]
+        else:
+            del layer.forward  # back to the class's forward

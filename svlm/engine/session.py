@@ -73,6 +73,7 @@ class PruningSession:
         #: Pruned sequences are left-padded to a multiple of this many slots (0: never); the fast execution
         #: modes set it so that a few shapes serve every input (svlm.engine.execution).
         self.bucket = 0
+        self.executor: Any = None  # the svlm.engine.execution.LayerExecutor of a fast execution mode
         self._busy = threading.Lock()
         self._token: Token | None = None
         self._reset()

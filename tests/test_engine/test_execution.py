@@ -217,3 +217,44 @@ def test_buffers_made_in_inference_mode_serve_calls_outside_it(make_tiny_vlm, im
     with torch.inference_mode():
         third = sparse.generate(**inputs, max_new_tokens=3)
     assert torch.equal(first, second) and torch.equal(first, third)
+
+
+def test_fast_wrappers_in_threads_on_one_model(make_tiny_vlm, images, questions):
+    """Two fast wrappers and the bare model, called from three threads at once on one model: each gets what
+    it gets alone, and the layers are left with their own forward."""
+    import threading
+
+    tiny = make_tiny_vlm("llava")
+    inputs = tiny.inputs(images[:1], questions[:1])
+    layers = tiny.model.model.language_model.layers
+    wrappers = [
+        svlm.sparsify(tiny.model, "random", budget=64, execution="static"),
+        svlm.sparsify(tiny.model, "sparsevlm", budget=0.3, execution="static"),
+    ]
+    for w in wrappers:
+        w._session.seed = 0
+    alone = [w.generate(**inputs, max_new_tokens=3) for w in wrappers]
+    dense = tiny.model(**inputs).logits
+    results: dict[int, list] = {0: [], 1: [], 2: []}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(3):
+                if i < 2:
+                    results[i].append(wrappers[i].generate(**inputs, max_new_tokens=3))
+                else:
+                    results[i].append(tiny.model(**inputs).logits)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        assert all(torch.equal(out, alone[i]) for out in results[i])
+    assert all(torch.allclose(out, dense, atol=1e-5) for out in results[2])
+    assert all("forward" not in layer.__dict__ for layer in layers)
