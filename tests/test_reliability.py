@@ -83,8 +83,13 @@ def _fails(capsys, args: list[str], code: int, message: str) -> str:
             1,
             "Pruning layers [9] are outside this 4-layer model; valid pruning layers are -1",
         ),
+        (
+            {"strategies": [{"strategy": "random", "budget": 8, "kwargs": {"seed": "x"}}]},
+            2,
+            "Strategy 'random' argument 'seed' must be int; got 'x' (str).",
+        ),
     ],
-    ids=["strategy", "family", "budget<=0", "budget>tokens", "layer>depth"],
+    ids=["strategy", "family", "budget<=0", "budget>tokens", "layer>depth", "argument type"],
 )
 def test_bad_model_settings(tmp_path, capsys, model, code, message):
     _fails(capsys, ["test", "--config", str(_config(tmp_path, model=model))], code, message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -105,4 +107,36 @@ def build_strategy(strategy: str | Strategy | dict[str, Any], **kwargs: Any) -> 
             f"Strategy {strategy!r} got unknown argument(s) {unknown}. "
             f"Its arguments: {', '.join(valid) or 'none'}."
         )
+    _check_argument_types(strategy, cls, kwargs)
     return cls(**kwargs)
+
+
+_SCALARS: tuple[type, ...] = (bool, int, float, str, type(None))
+
+
+def _check_argument_types(strategy: str, cls: type, kwargs: dict[str, Any]) -> None:
+    """Refuse a value of the wrong kind for an argument annotated with plain scalar types only (``seed: int``
+    given ``"x"``), naming it, instead of a traceback from deep inside torch. Other annotations (lists,
+    paths, mappings) and ``budget`` (:func:`svlm.strategies.base.parse_budget`) are the strategy's own."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    for name, value in kwargs.items():
+        hint = hints.get(name)
+        if name == "budget" or hint is None:
+            continue
+        allowed = (
+            typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        )
+        if not all(isinstance(t, type) and t in _SCALARS for t in allowed):
+            continue
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(
+                f"Strategy {strategy!r} argument {name!r} must be {kinds}; got {value!r} "
+                f"({type(value).__name__})."
+            )
