@@ -274,8 +274,14 @@ def test_bench_times_fast_execution_modes_against_dense_in_the_same_mode(tmp_pat
     assert by["dense+static"]["mode_speedup"] == 1.0 and by["random-64+static"]["mode_speedup"] > 0
     assert by["random-64+static"]["budget"] == by["random-64"]["budget"] == 64  # padding is not counted
     assert by["random-64+static@b2"]["batch_gain"] > 0  # against random-64+static at batch 1
+    fast = ["dense+static", "random-64+static", "random-64+static@b2"]  # those with an eager counterpart
+    assert all(by[k]["tokens_match_eager"] == 1.0 for k in fast)  # the same ids as eager
+    assert "tokens_match_eager" not in by["random-64"]
     assert data["meta"]["executions"] == ["eager", "static"]
     targets = [t["target"] for t in data["targets"]]
+    assert {"target": "fast modes generate eager's tokens (worst row's share)", "value": 1.0} in [
+        {k: t[k] for k in ("target", "value")} for t in data["targets"]
+    ]
     assert "random-64+static: prefill >= 2.5x faster than dense, same mode" in targets
     assert "random-64+static: decoding >= 0.5 of the memory-bandwidth floor" in targets
     assert not any(t.startswith("random-64+static: prefill speedup / FLOPs") for t in targets)

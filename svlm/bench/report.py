@@ -37,6 +37,7 @@ SPEED_COLUMNS = [
     ("generate_speedup", "generate_x", "{:.2f}"),
     ("batch_gain", "batch_gain", "{:.2f}"),
     ("mode_speedup", "x_dense", "{:.2f}"),
+    ("tokens_match_eager", "=eager", "{:.2f}"),
 ]
 COMPARE_COLUMNS = [
     ("label", "label", "{}"),

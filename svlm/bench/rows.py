@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from svlm.bandwidth import decode_floor_share
@@ -51,6 +52,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "batch_gain",
     "mode_speedup",
     "mode_efficiency",
+    "tokens_match_eager",
     "speedup_vs_pypi",
     "prefill_speedup_vs_pypi",
     "error",
@@ -156,6 +158,17 @@ def make_row(runner: Runner, reference: Runner | None, dense_prefill_s: float) -
     return row
 
 
+def tokens_match(reference: Any, output: Any, new_tokens: int) -> float:
+    """Share of the new tokens of ``output`` equal to ``reference``'s (same prompts): 1.0 when a fast
+    execution mode generated exactly what eager did; NaN when either is missing."""
+    if not isinstance(reference, torch.Tensor) or not isinstance(output, torch.Tensor):
+        return math.nan
+    if reference.shape != output.shape:
+        return 0.0
+    a, b = reference[:, -new_tokens:], output[:, -new_tokens:]
+    return float((a == b).float().mean())
+
+
 def speed_rows(runners: list[Runner], main_batch: int) -> list[dict[str, Any]]:
     """Rows of the speed table: speed-ups against ``hf`` at the same batch size, against svlm's ``dense`` in
     the same execution mode and batch size (``mode_speedup``, ``mode_efficiency``: fair to a fast mode, which
@@ -163,6 +176,7 @@ def speed_rows(runners: list[Runner], main_batch: int) -> list[dict[str, Any]]:
     references = {r.batch: r for r in runners if r.strategy == "hf"}
     dense = {(r.execution, r.batch): r for r in runners if r.strategy == "dense"}
     by_label = {(r.strategy, r.budget_target, r.execution): r for r in runners if r.batch == main_batch}
+    by_point = {(r.strategy, r.budget_target, r.batch): r for r in runners if r.execution == "eager"}
     rows = []
     for runner in runners:
         reference = references.get(runner.batch)
@@ -176,6 +190,9 @@ def speed_rows(runners: list[Runner], main_batch: int) -> list[dict[str, Any]]:
             if runner.flops is not None:
                 sparse, full = runner.flops[0], runner.flops[1]
                 row["mode_efficiency"] = efficiency(row["mode_speedup"], full, sparse)
+        eager = by_point.get((runner.strategy, runner.budget_target, runner.batch))
+        if runner.execution != "eager" and eager is not None:
+            row["tokens_match_eager"] = tokens_match(eager.last_output, runner.last_output, runner.new_tokens)
         base = by_label.get((runner.strategy, runner.budget_target, runner.execution))
         if runner.batch != main_batch and base is not None and base.runs and runner.runs:
             per_sample_base = [x.prefill_s / base.batch for x in base.runs]

@@ -55,6 +55,9 @@ def fast_targets(rows: list[dict], budget: float | None, main_batch: int) -> lis
     batch 8, >= 4x faster than dense in the same mode."""
     out = []
     fast = [r for r in rows if r.get("execution", "eager") != "eager" and "error" not in r]
+    matches = [r["tokens_match_eager"] for r in fast if r.get("tokens_match_eager") is not None]
+    if matches:
+        out.append(_target("fast modes generate eager's tokens (worst row's share)", min(matches), 1.0))
     batches = sorted({r["batch_size"] for r in fast})
     for r in fast:
         at_budget = budget is not None and r.get("budget_target") == budget and r["strategy"] != "dense"

@@ -146,15 +146,18 @@ class Runner:
     clock: Callable[[], float] = time.perf_counter
     weight_bytes: int | None = None  # what one decoding step reads of the model's weights
     read_gbps: float = math.nan  # the machine's measured read bandwidth
+    last_output: torch.Tensor | None = None  # the ids the last call generated
 
     def run(self) -> Run:
         with ForwardClock(self.model, self.device, self.clock) as clock:
             sync(self.device)
             start = self.clock()
             assert self.call is not None
-            self.call()
+            output = self.call()
             sync(self.device)
             end = self.clock()
+        if isinstance(output, torch.Tensor):  # generated ids: fast modes are checked against eager's
+            self.last_output = output
         out = Run(generate_s=end - start)
         if clock.ends:
             start_s, start_cpu = clock.prefill_start
