@@ -61,6 +61,10 @@ OUTPUT_NAMES: tuple[str, ...] = (
 RESUME_REWRITES: tuple[str, ...] = ("config.yaml", "metrics.csv", "hparams.yaml")
 
 
+#: Lock files this process holds (a second RunFolder on the same folder in this process is refused too).
+_HELD: set[Path] = set()
+
+
 class RunFolderError(ValueError):
     """The run folder is in use, or holds another run that this one would overwrite."""
 
@@ -144,8 +148,9 @@ class RunFolder:
             self._restore_interrupted_replacement()
             removed = clean_stale_temp_files(self.path)
             if removed:
-                log.warning(
-                    "svlm: removed %d temporary file(s) left by a killed run in %s", len(removed), self.path
+                print(
+                    f"svlm: removed {len(removed)} temporary file(s) a killed run left in {self.path}",
+                    file=sys.stderr,
                 )
             self._check_and_set_aside()
         except BaseException:
@@ -173,6 +178,7 @@ class RunFolder:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(info, f)
             self._locked = True
+            _HELD.add(self.lock_path.resolve())
             return
         raise RunFolderError(self._busy_message(self._holder()))
 
@@ -183,11 +189,15 @@ class RunFolder:
             return None
         return holder if isinstance(holder, dict) else None
 
-    @staticmethod
-    def _stale(holder: dict[str, Any]) -> bool:
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        """The holder is gone: a dead process on this host, or this process without a live lock on the
+        folder (left by a run that could not clean up)."""
         pid = holder.get("pid")
-        same_host = holder.get("host") == socket.gethostname()
-        return same_host and isinstance(pid, int) and (pid == os.getpid() or not _alive(pid))
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return False
+        if pid == os.getpid():
+            return self.lock_path.resolve() not in _HELD
+        return not _alive(pid)
 
     def _busy_message(self, holder: dict[str, Any] | None) -> str:
         who = (
@@ -330,6 +340,7 @@ class RunFolder:
             with contextlib.suppress(FileNotFoundError):
                 self.lock_path.unlink()
         self._locked = False
+        _HELD.discard(self.lock_path.resolve())
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -386,12 +397,19 @@ VOLATILE_SETTINGS: frozenset[str] = frozenset({"cpu_threads", "num_workers", "ca
 
 def checkpoint_path(ckpt_path: str | None, run_dir: str | os.PathLike) -> Path | None:
     """The file ``--ckpt_path`` names: ``last`` is ``<run folder>/checkpoints/last.ckpt``; None if unset or
-    ``last`` with no such file yet (a fresh start, as in Lightning)."""
+    ``last`` in an empty folder (a fresh start, as in Lightning)."""
     if ckpt_path in (None, "", "best", "hpc", "registry"):
         return None
     if ckpt_path == "last":
         path = Path(run_dir) / "checkpoints" / "last.ckpt"
-        return path if path.is_file() else None
+        if path.is_file():
+            return path
+        if RunFolder(run_dir).outputs():
+            raise RunFolderError(
+                f"--ckpt_path last: {str(run_dir)!r} holds an earlier run but no {str(path)!r} to resume (it "
+                "stopped before its first checkpoint); start afresh with --overwrite true."
+            )
+        return None
     path = Path(ckpt_path)
     if not path.is_file():
         raise RunFolderError(f"--ckpt_path {str(ckpt_path)!r} does not exist.")

@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 import svlm.models
+from svlm import run_folder
 from svlm.cli import main
 from svlm.journal import HEADER_NAME, read_journal
 from svlm.module import VLMEvaluator
@@ -112,6 +114,16 @@ def test_a_second_run_into_a_busy_folder_names_the_holder(tmp_path, capsys):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
+def test_two_runs_in_one_process_are_refused_too(tmp_path):
+    first = RunFolder(tmp_path, "first").open()
+    try:
+        with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
+            RunFolder(tmp_path, "second").open()
+    finally:
+        first.release()
+    RunFolder(tmp_path, "third").open().release()
+
+
 def test_lock_is_exclusive_between_folder_objects(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -169,9 +181,10 @@ def test_a_killed_replacement_is_undone_at_the_next_start(tmp_path):
     folder = RunFolder(run, "new", overwrite=True).open()
     assert not (run / "tradeoff.csv").exists()
     (run / "config.yaml").write_text("new\n")  # the new run wrote this, then was killed (no abort)
-    folder._locked = False  # a SIGKILL runs no clean-up: the lock stays behind with a live pid (ours)
+    folder._locked = False  # a SIGKILL runs no clean-up: the lock file stays behind
+    run_folder._HELD.clear()  # (with our pid, but no live RunFolder of this process holds it)
     with pytest.raises(RunFolderError, match="holds an earlier run"):
-        RunFolder(run, "third").open()  # our own pid counts as stale; the earlier run is restored first
+        RunFolder(run, "third").open()  # the stale lock is taken over; the earlier run is restored first
     assert (run / "tradeoff.csv").read_text() == "old\n" and not (run / "config.yaml").exists()
 
 
@@ -256,3 +269,33 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert "Resume with:" in err and f"svlm test --config {config} --model.resume true" in err, err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["state"] == "interrupted"
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_ckpt_path_last_without_a_checkpoint(tmp_path):
+    assert run_folder.checkpoint_path("last", tmp_path) is None  # an empty folder: a fresh start
+    (tmp_path / "metrics.csv").write_text("step\n")  # a run that stopped before its first checkpoint
+    with pytest.raises(RunFolderError, match="no .*last.ckpt' to resume"):
+        run_folder.checkpoint_path("last", tmp_path)
+    with pytest.raises(RunFolderError, match="does not exist"):
+        run_folder.checkpoint_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+def test_two_real_runs_into_one_folder(tmp_path, capsys):
+    """The issue's case: a second `svlm test` into the folder of a running one stops, naming it."""
+    config = _config(tmp_path)
+    command = [sys.executable, "-m", "svlm", "test", "--config", str(config), "--data.limit", "20"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "run" / LOCK_NAME
+        for _ in range(1200):
+            if lock.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
+        assert main(["test", "--config", str(config)]) == 1
+        assert f"in use by another svlm run (pid {first.pid}" in capsys.readouterr().err
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    records, skipped = read_journal(tmp_path / "run" / "journal")
+    assert skipped == 0 and len(records) == 2 * 10  # 2 points x 10 batches, nothing overwritten
