@@ -29,3 +29,19 @@ def test_cases_cover_every_lmms_benchmark():
     from svlm.data import available_benchmarks
 
     assert set(CASES) == set(available_benchmarks()) - {"shapes"}
+
+
+def test_default_sources_are_lmms_eval_0_7_3s():
+    from svlm.data import get_benchmark
+
+    # the dataset_path of each task YAML in lmms-eval 0.7.3 (tests/test_lmms/ reads them from lmms-eval)
+    hubs = {b: get_benchmark(b).hub for b in CASES}
+    assert hubs == {
+        "gqa": "lmms-lab-encoder/GQA",
+        "pope": "lmms-lab-encoder/POPE",
+        "mme": "lmms-lab-encoder/MME",
+        "textvqa": "lmms-lab-encoder/textvqa",
+        "vqav2": "lmms-lab-encoder/VQAv2",
+        "scienceqa_img": "lmms-lab-encoder/ScienceQA",
+        "mmbench": "lmms-lab-encoder/MMBench",
+    }
