@@ -168,10 +168,11 @@ def test_a_bad_argument_leaves_the_earlier_run_untouched(tmp_path, capsys):
     assert main(["test", "--config", config]) == 0
     first = _files(run)
     too_big = json.dumps(["dense", {"strategy": "random", "budget": 1000}])
-    assert main(["test", "--config", config, "--model.strategies", too_big, "--overwrite", "true"]) == 1
-    assert "budget=1000 is larger than the number of visual tokens" in capsys.readouterr().err
-    assert _files(run) == first
-    assert not (run / ".svlm-previous").exists()
+    for how in (["--overwrite", "true"], ["--model.resume", "true"]):
+        assert main(["test", "--config", config, "--model.strategies", too_big, *how]) == 1
+        assert "budget=1000 is larger than the number of visual tokens" in capsys.readouterr().err
+        assert _files(run) == first
+        assert not (run / ".svlm-previous").exists()
 
 
 def test_a_killed_replacement_is_undone_at_the_next_start(tmp_path):
