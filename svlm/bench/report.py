@@ -97,6 +97,8 @@ def print_results(
     for r in rows:
         if "error" in r:
             print(f"  {r['label']}: not run ({r['error']})")
+        elif r.get("execution_note"):
+            print(f"  {r['label']}: {r['execution_note']}")
     if ceiling is not None:
         print(
             f"decoder alone (no svlm): {ceiling['kept_tokens']} vs {ceiling['full_tokens']} tokens runs "

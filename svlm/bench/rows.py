@@ -53,6 +53,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "mode_speedup",
     "mode_efficiency",
     "tokens_match_eager",
+    "execution_note",
     "speedup_vs_pypi",
     "prefill_speedup_vs_pypi",
     "error",
@@ -190,6 +191,9 @@ def speed_rows(runners: list[Runner], main_batch: int) -> list[dict[str, Any]]:
             if runner.flops is not None:
                 sparse, full = runner.flops[0], runner.flops[1]
                 row["mode_efficiency"] = efficiency(row["mode_speedup"], full, sparse)
+        failed = getattr(getattr(runner.sparse, "_executor", None), "capture_errors", None)
+        if failed:
+            row["execution_note"] = f"{len(failed)} CUDA graph capture(s) failed, ran without: {failed[0]}"
         eager = by_point.get((runner.strategy, runner.budget_target, runner.batch))
         if runner.execution != "eager" and eager is not None:
             row["tokens_match_eager"] = tokens_match(eager.last_output, runner.last_output, runner.new_tokens)

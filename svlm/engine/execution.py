@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -147,15 +148,23 @@ class _Static:
         self.statics = statics
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
+        self.capture_error: str | None = None
         if graph_pool is not None:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up outside the graph (lazy init, autotuning)
-                self.fn(*self.inputs, *self.statics)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=graph_pool):
-                self.output = self.fn(*self.inputs, *self.statics)
+            try:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):  # warm-up outside the graph (lazy init, autotuning)
+                    self.fn(*self.inputs, *self.statics)
+                torch.cuda.current_stream().wait_stream(stream)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, pool=graph_pool):
+                    self.output = self.fn(*self.inputs, *self.statics)
+            except Exception as err:  # this function runs without a graph (slower, still exact); said
+                self.graph, self.output = None, None
+                self.capture_error = f"{type(err).__name__}: {err}"
+                warnings.warn(
+                    f"CUDA graph capture failed, running without it: {self.capture_error}", stacklevel=2
+                )
 
     def __call__(self, inputs: list[torch.Tensor | None]) -> torch.Tensor:
         for buffer, x in zip(self.inputs, inputs, strict=True):
@@ -186,6 +195,8 @@ class LayerExecutor:
         self._index = {id(layer): idx for idx, layer in enumerate(self.layers)}
         self.kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ours: set[int] = set()  # data pointers of the key buffers above
+        self._inputs: dict[tuple, list] = {}  # shared input buffers (see _shared)
+        self.capture_errors: list[str] = []  # CUDA graph captures that failed (those layers run ungraphed)
         self.decode_state: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.functions: dict[tuple, _Static] = {}
         self._pool: Any = None
@@ -291,6 +302,28 @@ class LayerExecutor:
         cache_layer.keys, cache_layer.values = key_buffer[:, :, :n], value_buffer[:, :, :n]
         cache_layer._key_buffer, cache_layer._value_buffer = key_buffer, value_buffer
 
+    def _shared(self, name: str, x: torch.Tensor | None) -> torch.Tensor | None:
+        """A buffer holding ``x`` that every function of this shape reads (rotary tables and masks are the
+        same tensor for many layers): copied only when a new tensor comes, not once per layer. The source
+        is kept referenced, so a new tensor is never mistaken for it."""
+        if x is None:
+            return None
+        key = (name, tuple(x.shape), x.dtype, x.device)
+        entry = self._inputs.get(key)
+        if entry is None:
+            with torch.inference_mode(False):
+                entry = self._inputs[key] = [x.clone(), x]
+        elif entry[1] is not x:
+            entry[0].copy_(x)
+            entry[1] = x
+        return entry[0]
+
+    def _static(self, fn: Callable[..., torch.Tensor], inputs: list, statics: list) -> _Static:
+        static = _Static(fn, inputs, statics, self._graph_pool())
+        if static.capture_error is not None:
+            self.capture_errors.append(static.capture_error)
+        return static
+
     def _graph_pool(self) -> Any:
         if self.mode != "cuda_graphs":
             return None
@@ -313,15 +346,16 @@ class LayerExecutor:
         kv_heads = attn.k_proj.out_features // attn.head_dim
         like = hidden.new_empty(b, kv_heads, 0, attn.head_dim)
         key_buffer, value_buffer = self._buffers(idx, like, n + cache_layer.reserve)
-        inputs = [hidden, cos, sin, mask]
-        key = ("prefill", idx, _shape_key(inputs), key_buffer.data_ptr())
+        shared = [self._shared("cos", cos), self._shared("sin", sin), self._shared("mask", mask)]
+        key = ("prefill", idx, _shape_key([hidden, cos, sin, mask]), key_buffer.data_ptr())
         if key not in self.functions:
 
-            def fn(h, c, s, m, kb, vb, layer=layer):
+            def fn(h, kb, vb, c, s, m, layer=layer):
                 return self._prefill_fn(layer, h, c, s, m, kb, vb)
 
-            self.functions[key] = _Static(fn, inputs, [key_buffer, value_buffer], self._graph_pool())
-        out = self.functions[key](inputs)
+            statics = [key_buffer, value_buffer, *shared]
+            self.functions[key] = self._static(fn, [hidden], statics)
+        out = self.functions[key]([hidden])
         cache_layer.update(key_buffer[:, :, :n], value_buffer[:, :, :n])
         cache_layer._key_buffer, cache_layer._value_buffer = key_buffer, value_buffer
         self.calls["prefill"] += 1
@@ -361,16 +395,16 @@ class LayerExecutor:
             key_mask[:, 0, 0, :old] = seq.valid
             self._prompt_done.add(idx)
         pos.fill_(old)
-        inputs = [hidden, cos, sin]
-        key = ("decode", idx, _shape_key(inputs), key_buffer.data_ptr())
+        shared = [self._shared("cos", cos), self._shared("sin", sin)]
+        key = ("decode", idx, _shape_key([hidden, cos, sin]), key_buffer.data_ptr())
         if key not in self.functions:
 
-            def fn(h, c, s, kb, vb, m, p, layer=layer):
+            def fn(h, kb, vb, m, p, c, s, layer=layer):
                 return self._decode_fn(layer, h, c, s, kb, vb, m, p)
 
-            statics = [key_buffer, value_buffer, key_mask, pos]
-            self.functions[key] = _Static(fn, inputs, statics, self._graph_pool())
-        out = self.functions[key](inputs)
+            statics = [key_buffer, value_buffer, key_mask, pos, *shared]
+            self.functions[key] = self._static(fn, [hidden], statics)
+        out = self.functions[key]([hidden])
         cache_layer.keys = key_buffer[:, :, : old + 1]
         cache_layer.values = value_buffer[:, :, : old + 1]
         self.calls["decode"] += 1

@@ -258,3 +258,17 @@ def test_fast_wrappers_in_threads_on_one_model(make_tiny_vlm, images, questions)
         assert all(torch.equal(out, alone[i]) for out in results[i])
     assert all(torch.allclose(out, dense, atol=1e-5) for out in results[2])
     assert all("forward" not in layer.__dict__ for layer in layers)
+
+
+def test_a_failed_capture_runs_the_function_without_a_graph(monkeypatch):
+    """If a layer cannot be captured, it runs ungraphed (exact, slower) and the failure is recorded."""
+    from svlm.engine import execution
+
+    def no_stream(*args, **kwargs):
+        raise RuntimeError("capture impossible here")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        static = execution._Static(lambda x, y: x + y, [torch.ones(2)], [torch.ones(2)], graph_pool=object())
+    assert static.graph is None and "capture impossible here" in static.capture_error
+    assert torch.equal(static([torch.full((2,), 2.0)]), torch.full((2,), 3.0))
