@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -269,7 +270,12 @@ def bench(
                 kept = prompt - visual + int(min(budgets))
                 result["decoder_ceiling"] = decoder_ceiling(vlm, prompt, kept, repeats, TIMERS[timer], dev)
                 save()
-            del runners, case, vlm, inputs  # the comparison's models need the memory (a GPU's)
+            # the comparison's models (and its worker process) need the memory: drop this section's models,
+            # KV buffers and graphs, and hand the cached blocks back to the device
+            del runners, measured, group, runner, case, vlm, inputs, batch_inputs
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
             if compare_sparsevlm and pypi_error is None:
                 compare, compare_inputs, worker = comparison_runners(
                     compare_model,
