@@ -27,7 +27,13 @@ VARIANTS: dict[str, list[dict]] = {
     "fastv": [{"budget": 0.6}, {"ratio": 0.5}],
     "pyramiddrop": [{"budget": 0.6}, {}],
     "random": [{"budget": 0.6}, {"budget": 0.6, "layer": 1}],
-    "sparsevlm": [{"budget": 0.6}, {"budget": 0.6, "recycle": True}, {"rank_scale": 1.0}],
+    "sparsevlm": [
+        {"budget": 0.6},
+        {"budget": 0.6, "recycle": True},
+        {"rank_scale": 1.0},
+        {"version": "v1", "positions": "original"},  # reference rank rule + recycling (Qwen: no renumbering)
+        {"version": "v1.5", "positions": "original"},
+    ],
     "visionzip": [{"budget": 0.6}],
     "divprune": [{"budget": 0.6}],
     "pooling": [{"budget": 0.6}],
