@@ -182,8 +182,17 @@ class SVLMCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
-        if not self.parse_only:
+        if self.parse_only:
+            return
+        try:
             super().instantiate_classes()
+        except BaseException as err:  # a bad setting of a class: the run folder goes back as it was
+            if self.run_folder is not None:
+                from svlm.run_folder import stop
+
+                stop(self.run_folder, err)
+                self.run_folder.release()
+            raise
 
     def _run_subcommand(self, subcommand: str) -> None:
         if self.parse_only:

@@ -39,6 +39,8 @@ __all__ = [
     "STAT_KEYS",
     "Journal",
     "JournalMismatch",
+    "PointJournal",
+    "batch_key",
     "read_journal",
     "record_checksum",
     "run_determinants",
@@ -325,6 +327,92 @@ class Journal:
 def point_key(run: Mapping[str, Any], point: Mapping[str, Any]) -> str:
     """Key of one strategy point's records: the run's determinants plus the point's own settings."""
     return config_hash({**run, **point})
+
+
+def batch_key(batch: Mapping[str, Any], batch_idx: int) -> str:
+    """Identity of a batch for resume records: its sample ids (else dataset rows, else its index)."""
+    for key in ("ids", "indices"):
+        values = batch.get(key)
+        if values is not None and all(v is not None for v in values):
+            return config_hash({key: list(values)})
+    return f"batch-{batch_idx}"
+
+
+def matches_batch(record: Mapping[str, Any], batch: Mapping[str, Any]) -> bool:
+    """A journal record answers this very batch: one answer per sample, the same sample ids."""
+    size = len(batch.get("questions") or batch.get("conversations") or [])
+    ids = batch.get("ids")
+    if size and len(record["answers"]) != size:
+        return False
+    return ids is None or record.get("ids") is None or list(record["ids"]) == list(ids)
+
+
+class PointJournal:
+    """The journal of one evaluation over a list of strategy points: replays a batch's recorded points and
+    records the newly computed ones.
+
+    Args:
+        folder, rank, world_size, resume, determinants: as :class:`Journal`.
+        points: ``(label, settings)`` per strategy point; ``settings`` (strategy, budget, arguments, ...) and
+            the determinants make the point's key (:func:`point_key`).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        rank: int,
+        world_size: int,
+        *,
+        resume: bool,
+        determinants: Mapping[str, Any],
+        points: Sequence[tuple[str, Mapping[str, Any]]],
+    ) -> None:
+        self.resume = resume
+        self.labels = [label for label, _ in points]
+        self.keys = [point_key(determinants, settings) for _, settings in points]
+        self.journal = Journal(folder, rank, world_size, resume=resume, determinants=determinants)
+
+    def summary(self) -> str:
+        """What a resumed run found, for the log."""
+        records = self.journal.records
+        found = {key for key, _ in records}
+        missing = [label for label, key in zip(self.labels, self.keys, strict=True) if key not in found]
+        line = f"svlm: resuming from {len(records)} recorded results in {self.journal.folder}"
+        return line + (f"; points with no record (computed now): {missing}" if missing and found else "")
+
+    def replay(self, batch: Mapping[str, Any], batch_idx: int) -> dict[int, dict[str, Any]]:
+        """Records of this batch by point index (only when resuming)."""
+        if not self.resume:
+            return {}
+        key = batch_key(batch, batch_idx)
+        found = {}
+        for i, point in enumerate(self.keys):
+            record = self.journal.get(point, key)
+            if record is not None and matches_batch(record, batch):
+                found[i] = record
+        return found
+
+    def record(
+        self, i: int, batch: Mapping[str, Any], batch_idx: int, answers: list[str], stats: Mapping[str, float]
+    ) -> None:
+        """Append point ``i``'s answers and costs on this batch."""
+        ids = batch.get("ids")
+        self.journal.add(
+            {
+                "point": self.keys[i],
+                "batch": batch_key(batch, batch_idx),
+                "label": self.labels[i],
+                "ids": list(ids) if ids is not None else None,
+                "answers": answers,
+                "stats": dict(stats),
+            }
+        )
+
+    def sync(self) -> None:
+        self.journal.sync()
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 def summarize_rejected(rejected: Sequence[str]) -> str:

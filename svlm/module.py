@@ -22,9 +22,8 @@ from torchmetrics import Metric
 
 from svlm.engine.execution import EXECUTIONS
 from svlm.engine.validation import InputError
-from svlm.journal import STAT_KEYS, Journal, point_key, run_determinants, summarize_rejected
+from svlm.journal import STAT_KEYS, PointJournal, run_determinants, summarize_rejected
 from svlm.models import load_vlm, resolve_device
-from svlm.results import config_hash
 from svlm.strategies.base import parse_budget
 
 log = logging.getLogger(__name__)
@@ -169,15 +168,6 @@ def _file_digests(kwargs: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _batch_key(batch: Mapping[str, Any], batch_idx: int) -> str:
-    """Identity of a batch for resume records: its sample ids (else dataset rows, else its index)."""
-    for key in ("ids", "indices"):
-        values = batch.get(key)
-        if values is not None and all(v is not None for v in values):
-            return config_hash({key: list(values)})
-    return f"batch-{batch_idx}"
-
-
 def _batch_offset(batch: Mapping[str, Any], batch_idx: int) -> int:
     """Seed offset of a batch: the dataset row of its first sample (the same with any number of processes),
     else the batch index."""
@@ -185,15 +175,6 @@ def _batch_offset(batch: Mapping[str, Any], batch_idx: int) -> int:
     if indices and isinstance(indices[0], int):
         return int(indices[0])
     return int(batch_idx)
-
-
-def _matches_batch(record: Mapping[str, Any], batch: Mapping[str, Any]) -> bool:
-    """A journal record answers this very batch: one answer per sample, the same sample ids."""
-    size = len(batch.get("questions") or batch.get("conversations") or [])
-    ids = batch.get("ids")
-    if size and len(record["answers"]) != size:
-        return False
-    return ids is None or record.get("ids") is None or list(record["ids"]) == list(ids)
 
 
 def _image_count(image: Any) -> int:
@@ -381,8 +362,7 @@ class VLMEvaluator(pl.LightningModule):
                 raise ValueError(f"cpu_threads must be >= 1 (or null for torch's default); got {cpu_threads}")
             torch.set_num_threads(cpu_threads)
         self.reused: int = 0  # (point, batch) results taken from the journal in the last run (this process)
-        self._journal: Journal | None = None
-        self._point_keys: list[str] = []
+        self._journal: PointJournal | None = None
         self._pending: list[int] | None = None
         self._checked = False
         self._warm = False
@@ -706,21 +686,17 @@ class VLMEvaluator(pl.LightningModule):
             data={k: v for k, v in hparams.items() if k not in VOLATILE_DATA_KEYS},
         )
 
-    def point_keys(self, determinants: Mapping[str, Any] | None = None) -> list[str]:
-        """Key per strategy point of its journal records: the run's determinants plus the strategy, budget,
-        arguments, class and the contents of files it reads (calibrated schedules)."""
-        run = dict(determinants if determinants is not None else self.determinants())
+    def point_settings(self) -> list[dict[str, Any]]:
+        """What determines each strategy point's results besides the run's determinants: strategy, budget,
+        arguments, class, and the contents of files it reads (calibrated schedules)."""
         return [
-            point_key(
-                run,
-                {
-                    "strategy": cfg.strategy,
-                    "budget": cfg.budget,
-                    "kwargs": cfg.kwargs,
-                    "class": f"{type(obj).__module__}.{type(obj).__qualname__}",
-                    "files": _file_digests(cfg.kwargs),
-                },
-            )
+            {
+                "strategy": cfg.strategy,
+                "budget": cfg.budget,
+                "kwargs": cfg.kwargs,
+                "class": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                "files": _file_digests(cfg.kwargs),
+            }
             for cfg, obj in zip(self.point_configs, self.strategy_objects, strict=True)
         ]
 
@@ -729,22 +705,20 @@ class VLMEvaluator(pl.LightningModule):
         if not self.journal or self._trainer is None:
             return
         trainer = self.trainer
-        folder = Path(trainer.default_root_dir) / "journal"
-        determinants = self.determinants()
-        self._point_keys = self.point_keys(determinants)
-        self._journal = Journal(
-            folder, trainer.global_rank, trainer.world_size, resume=self.resume, determinants=determinants
+        self._journal = PointJournal(
+            Path(trainer.default_root_dir) / "journal",
+            trainer.global_rank,
+            trainer.world_size,
+            resume=self.resume,
+            determinants=self.determinants(),
+            points=[
+                (cfg.label, settings)
+                for cfg, settings in zip(self.point_configs, self.point_settings(), strict=True)
+            ],
         )
         if self.resume:
-            rejected = summarize_rejected(self._journal.rejected)
-            found = {key for key, _ in self._journal.records}
-            missing = [
-                p.label for p, k in zip(self.point_configs, self._point_keys, strict=True) if k not in found
-            ]
-            rank_zero_info(
-                f"svlm: resuming from {len(self._journal.records)} recorded results in {folder}"
-                + (f"; points with no record (computed now): {missing}" if missing and found else "")
-            )
+            rank_zero_info(self._journal.summary())
+            rejected = summarize_rejected(self._journal.journal.rejected)
             if rejected:
                 log.warning("svlm: %s", rejected)
 
@@ -784,13 +758,7 @@ class VLMEvaluator(pl.LightningModule):
         answers, the reports of the points computed now, and the model inputs (on CPU) for callbacks such
         as :class:`svlm.callbacks.KeptTokenOverlay`.
         """
-        key = _batch_key(batch, batch_idx)
-        records: dict[int, dict[str, Any]] = {}
-        if self._journal is not None and self.resume:
-            for i, key_i in enumerate(self._point_keys):
-                record = self._journal.get(key_i, key)
-                if record is not None and _matches_batch(record, batch):
-                    records[i] = record
+        records = self._journal.replay(batch, batch_idx) if self._journal is not None else {}
         todo = [i for i in range(len(self.point_configs)) if i not in records]
         if todo:
             if not self._checked:
@@ -813,17 +781,7 @@ class VLMEvaluator(pl.LightningModule):
                 answers_i = answers[point.label]
                 stats = self.cost_stats(reports[point.label], timings[point.label], len(answers_i))
                 if self._journal is not None:
-                    ids = batch.get("ids")
-                    self._journal.add(
-                        {
-                            "point": self._point_keys[i],
-                            "batch": key,
-                            "label": point.label,
-                            "ids": list(ids) if ids is not None else None,
-                            "answers": answers_i,
-                            "stats": stats,
-                        }
-                    )
+                    self._journal.record(i, batch, batch_idx, answers_i, stats)
             ordered[point.label] = answers_i
             self._update(i, batch, answers_i, stats)
         if self._journal is not None and todo:
