@@ -296,7 +296,9 @@ def check_empty_values(config: Any, sections: Mapping[str, Any]) -> None:
         except Exception:  # unresolvable annotations: nothing to check against
             continue
         for name, param in inspect.signature(init).parameters.items():
-            if name not in hints or values.get(name, param.default) is not None or _allows_none(hints[name]):
+            if param.default is None or name not in hints or values.get(name, param.default) is not None:
+                continue  # (a parameter whose own default is None takes None, whatever its annotation says)
+            if _allows_none(hints[name]):
                 continue
             default = "" if param.default is inspect.Parameter.empty else f" (default: {param.default!r})"
             kind = getattr(hints[name], "__name__", str(hints[name]))

@@ -85,7 +85,7 @@ def test_unknown_user_strategy_names_the_ways_to_load_it(tmp_path, capsys):
 
 def test_import_option(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("SVLM_IMPORT", raising=False)
+    monkeypatch.setenv("SVLM_IMPORT", "")  # main() sets it: restored (removed) after the test
     _user_module(tmp_path, "svlm_user_plugin_a", "user_plugin_a", "UserPluginA")
     try:
         assert main(["strategies", "--import=svlm_user_plugin_a"]) == 0
@@ -93,7 +93,7 @@ def test_import_option(tmp_path, monkeypatch, capsys):
         assert os.environ["SVLM_IMPORT"] == "svlm_user_plugin_a"  # for the processes a DDP run starts
     finally:
         STRATEGIES.unregister("user_plugin_a")
-    monkeypatch.delenv("SVLM_IMPORT")
+    monkeypatch.setenv("SVLM_IMPORT", "")
     assert main(["strategies", "--import", "no_such_module_xyz"]) == 1
     assert "Cannot import module 'no_such_module_xyz' given with --import" in capsys.readouterr().err
     assert main(["test", "--import"]) == 2
@@ -187,3 +187,8 @@ def test_layer_view_documents_every_field():
     doc = svlm.LayerView.__doc__ or ""
     missing = [f.name for f in dataclasses.fields(svlm.LayerView) if f"    {f.name}: " not in doc]
     assert missing == []
+
+
+def test_import_leaves_no_environment_behind():
+    """Runs after the tests above: what main() put into SVLM_IMPORT for them was taken out again."""
+    assert os.environ.get("SVLM_IMPORT", "") == ""
