@@ -306,3 +306,20 @@ def test_each_version_reproduces_the_reference_in_a_padded_batch(
     for b in range(2):
         ref = _reference(llava32, images, questions, version, 128, b)
         _check(sparse, strategy, out, ref, b, pads[b], LAYERS[version], fp32_device.exact_tol)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1.5"])
+@torch.no_grad()
+def test_renumbered_positions_hold_in_the_static_execution_mode(llava32, images, questions, version):
+    """The fast modes' static-shape layers (bucket-padded sequences, KV buffers) decode at the renumbered
+    positions too."""
+    inputs = llava32.inputs(images, questions)
+    strategy = Recording(version=version, preset=128)
+    sparse = svlm.sparsify(llava32.model, strategy, execution="static")
+    out = sparse.generate(
+        **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    pads = (~inputs["attention_mask"].bool()).sum(-1).tolist()
+    for b in range(2):
+        ref = _reference(llava32, images, questions, version, 128, b)
+        _check(sparse, strategy, out, ref, b, pads[b], LAYERS[version])
