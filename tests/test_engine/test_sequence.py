@@ -42,3 +42,25 @@ def test_merged_tokens_go_after_last_kept_visual_with_anchor_positions():
     assert new.visual.tolist() == [[False, True, True, True, False]]
     assert new.cos[0, :, 0].tolist() == [0, 1, 3, 2, 4]
     assert new_hidden[0, 2].tolist() == [7.0, 7.0, 7.0]
+
+
+def test_pad_to_bucket_adds_padding_slots_on_the_left():
+    from svlm.engine.sequence import pad_to_bucket
+
+    b, n, d = 2, 5, 4
+    valid = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    seq = TokenSequence(
+        origin=torch.arange(n).expand(b, n),
+        visual=torch.zeros(b, n, dtype=torch.bool),
+        valid=valid,
+        cos=torch.ones(b, n, d),
+        sin=torch.ones(b, n, d),
+    )
+    hidden = torch.randn(b, n, 8)
+    padded, padded_hidden = pad_to_bucket(seq, hidden, 4)
+    assert padded.length == 8 and padded_hidden.shape == (b, 8, 8)
+    assert not padded.valid[:, :3].any() and torch.equal(padded.valid[:, 3:], valid)
+    assert (padded.origin[:, :3] == -1).all() and torch.equal(padded.origin[:, 3:], seq.origin)
+    assert torch.equal(padded_hidden[:, 3:], hidden) and not padded_hidden[:, :3].any()
+    assert padded.padded and torch.equal(padded.visual_counts(), seq.visual_counts())
+    assert pad_to_bucket(seq, hidden, 5)[0] is seq and pad_to_bucket(seq, hidden, 0)[0] is seq
