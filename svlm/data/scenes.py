@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -448,6 +449,29 @@ def generate_sample(
         "evidence": list(q.evidence),
         "keyword_end": q.keyword_end,
     }
+
+
+def _template_patterns() -> list[tuple[str, re.Pattern]]:
+    out = []
+    for qtype, templates in TEMPLATES.items():
+        for t in templates:
+            pattern = re.escape(t).replace(r"\{x\}", "(?P<x>.+?)").replace(r"\{y\}", "(?P<y>.+?)")
+            out.append((qtype, re.compile(f"^{pattern}$")))
+    return out
+
+
+_PATTERNS = _template_patterns()
+
+
+def parse_question(question: str) -> tuple[str, int]:
+    """(question type, end of the words naming the first evidence object) of a templated question;
+    ("other", len(question)) for any other text."""
+    for qtype, pattern in _PATTERNS:
+        m = pattern.match(question.replace(" an orange", " a orange"))
+        if m:
+            end = m.end("x") + (1 if " an orange" in question[: m.end("x") + 1] else 0)
+            return qtype, end
+    return "other", len(question)
 
 
 def scene_objects(sample: dict) -> list[SceneObject]:

@@ -15,11 +15,12 @@ from svlm.zoo.recipe.align import (
     align_projector,
     word_token_ids,
 )
-from svlm.zoo.recipe.batches import kept_visual_tokens, train_batch
+from svlm.zoo.recipe.batches import kept_visual_tokens, train_batch, training_sample
 from svlm.zoo.recipe.cli import main, parse_args
 from svlm.zoo.recipe.config import (
     PATCH_SIZE,
     SCENE_COUNT_CLASSES,
+    SCENES,
     SMOKE,
     VISION_COUNT_CLASSES,
     Phase,
@@ -37,6 +38,7 @@ from svlm.zoo.recipe.labels import (
     cell_labels,
     centre_tokens,
     colour_count_labels,
+    digit_labels,
     evidence_tokens,
     object_coverage,
     objects_per_colour,
@@ -65,6 +67,7 @@ __all__ = [
     "PackedBatch",
     "Phase",
     "RecipeConfig",
+    "SCENES",
     "SCENE_COUNT_CLASSES",
     "SMOKE",
     "VISION_COUNT_CLASSES",
@@ -75,6 +78,7 @@ __all__ = [
     "check_architecture",
     "check_config",
     "colour_count_labels",
+    "digit_labels",
     "derived_questions",
     "evaluate",
     "evidence_attention_loss",
@@ -103,6 +107,7 @@ __all__ = [
     "scene_labels",
     "train",
     "train_batch",
+    "training_sample",
     "word_token_ids",
 ]
 

@@ -56,11 +56,12 @@ from svlm.zoo.recipe.align import (
     align_projector,
     word_token_ids,
 )
-from svlm.zoo.recipe.batches import kept_visual_tokens, train_batch
+from svlm.zoo.recipe.batches import kept_visual_tokens, train_batch, training_sample
 from svlm.zoo.recipe.cli import main, parse_args
 from svlm.zoo.recipe.config import (
     PATCH_SIZE,
     SCENE_COUNT_CLASSES,
+    SCENES,
     SMOKE,
     VISION_COUNT_CLASSES,
     Phase,
@@ -78,6 +79,7 @@ from svlm.zoo.recipe.labels import (
     cell_labels,
     centre_tokens,
     colour_count_labels,
+    digit_labels,
     evidence_tokens,
     object_coverage,
     objects_per_colour,
@@ -106,6 +108,7 @@ __all__ = [
     "PackedBatch",
     "Phase",
     "RecipeConfig",
+    "SCENES",
     "SCENE_COUNT_CLASSES",
     "SMOKE",
     "VISION_COUNT_CLASSES",
@@ -116,6 +119,7 @@ __all__ = [
     "check_architecture",
     "check_config",
     "colour_count_labels",
+    "digit_labels",
     "derived_questions",
     "evaluate",
     "evidence_attention_loss",
@@ -144,5 +148,6 @@ __all__ = [
     "scene_labels",
     "train",
     "train_batch",
+    "training_sample",
     "word_token_ids",
 ]

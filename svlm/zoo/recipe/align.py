@@ -14,10 +14,12 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
-from svlm.data import shapes
+from svlm.data import scenes, shapes
+from svlm.zoo.recipe import scenes_task
+from svlm.zoo.recipe.batches import training_sample
 from svlm.zoo.recipe.config import RecipeConfig
-from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, patch_labels
-from svlm.zoo.recipe.vision import _log_window
+from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, digit_labels, patch_labels
+from svlm.zoo.recipe.vision import VISION_MAX_OBJECTS, _log_window
 
 ALIGN_BACKGROUND_WORD = "background"  # the word background tokens are pulled towards
 ALIGN_COUNT_WORDS = ("1", "2", "3", "4")  # an object's colour count, as stage 1's count head names it
@@ -62,9 +64,12 @@ def align_projector(
     """
     tokenizer = processor.tokenizer
     embed = model.model.language_model.get_input_embeddings().weight.detach()
+    groups = dict(ALIGN_WORD_GROUPS)
+    if cfg.benchmark == "scenes":
+        groups["digit"] = (ALIGN_BACKGROUND_WORD, *scenes.DIGITS)
     words = {
         group: torch.nn.functional.normalize(embed[word_token_ids(tokenizer, names)], dim=-1)
-        for group, names in ALIGN_WORD_GROUPS.items()
+        for group, names in groups.items()
     }
     cells = cell_labels(cfg.image_size)
     edge_class = torch.tensor([1, 0, 2])  # first band -> top/left, middle -> background, last -> bottom/right
@@ -76,18 +81,16 @@ def align_projector(
     window: list[dict[str, float]] = []
     start = time.perf_counter()
     for step in range(cfg.align_steps):
-        images, shape_y, color_y, count_y = [], [], [], []
+        images, shape_y, color_y, count_y, digit_y = [], [], [], [], []
         for i in range(step * cfg.align_batch_size, (step + 1) * cfg.align_batch_size):
             # another far range of the train split than stage 1's and stage 2's images
-            sample = shapes.generate_sample(
-                20_000_000 + i,
-                "train",
-                cfg.seed,
-                image_size=cfg.data_image_size,
-                min_objects=2,
-                max_objects=9,
-            )
+            fewest = 2 if cfg.benchmark == "shapes" else 8
+            most = VISION_MAX_OBJECTS[cfg.benchmark]
+            sample = training_sample(cfg, 20_000_000 + i, min_objects=fewest, max_objects=most)
             s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only=True)
+            if "digit" in words:  # cards are named by their digit (the word "card" is two tokens)
+                s = torch.where(s == len(scenes_task.SHAPE_CLASSES), -100, s)
+                digit_y.append(digit_labels(sample, cfg.image_size, cfg.data_image_size))
             images.append(sample["image"])
             shape_y.append(s)
             color_y.append(c)
@@ -104,6 +107,10 @@ def align_projector(
         weight = torch.where(cy > 0, 5.0, 1.0)  # objects cover ~10% of the patches, as in stage 1
         loss = (ce(colour_logits, cy, reduction="none") * weight).mean()
         loss = loss + (ce(shape_logits, sy, reduction="none") * weight).mean()
+        if digit_y:
+            dy = torch.cat(digit_y)
+            digit_logits = ALIGN_SCALE * tokens @ words["digit"].T
+            loss = loss + (ce(digit_logits, dy, reduction="none") * torch.where(dy > 0, 10.0, 1.0)).mean()
         if cfg.align_cells:
             n = len(images)
             loss = loss + ce(ALIGN_SCALE * tokens @ words["row"].T, row_y.repeat(n))
@@ -132,6 +139,11 @@ def align_projector(
                     ),
                 }
             )
+            if digit_y:
+                card = dy > 0
+                window[-1]["card_digit_word_acc"] = float(
+                    (digit_logits[card].argmax(-1) == dy[card]).float().mean()
+                )
             if cfg.align_counts:
                 window[-1]["object_count_word_acc"] = float(
                     (count_logits[obj].argmax(-1) == ny[obj]).float().mean()

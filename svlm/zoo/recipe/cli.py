@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from svlm.zoo.recipe.config import SMOKE, RecipeConfig, check_config
+from svlm.zoo.recipe.config import SCENES, SMOKE, RecipeConfig, check_config
 from svlm.zoo.recipe.train import train
 
 
@@ -34,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeConfig, argpars
             f"--{f.name.replace('_', '-')}", type=_flag if kind is bool else kind, default=None
         )
     args = parser.parse_args(argv)
-    values = dict(SMOKE) if args.smoke else {}
+    values = dict(SCENES) if args.benchmark == "scenes" else {}
+    values.update(SMOKE if args.smoke else {})
     values.update(
         {
             k: v

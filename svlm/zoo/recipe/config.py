@@ -5,11 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from svlm.data import shapes
+from svlm.data import scenes, shapes
 
 PATCH_SIZE = 14
 VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
 SCENE_COUNT_CLASSES = 4  # the scene-summary head's objects per colour: 0, 1, 2, 3 or more
+
+
+#: question types of each benchmark the recipe trains on
+QUESTION_TYPES: dict[str, tuple[str, ...]] = {
+    "shapes": shapes.QUESTION_TYPES,
+    "scenes": scenes.QUESTION_TYPES,
+}
+#: the most objects a scene of each benchmark holds
+MOST_OBJECTS: dict[str, int] = {"shapes": shapes.GRID * shapes.GRID, "scenes": 30}
 
 
 @dataclass
@@ -17,6 +26,11 @@ class RecipeConfig:
     """Everything that determines the trained weights (written to ``training_log.json``)."""
 
     seed: int = 0
+    # the benchmark trained on: "shapes" (svlm-shapes) or "scenes" (svlm-scenes, with cards to read: stage 1
+    # then also names each card's digit at its patches, and stage 1b aligns them to the digit's word)
+    benchmark: str = "shapes"
+    # weight of stage 1's digit head (svlm-scenes only)
+    digit_loss_weight: float = 1.0
     # stage 1: vision-tower pretraining (stands in for CLIP's pretraining; 0 skips it)
     vision_steps: int = 1500
     vision_batch_size: int = 16
@@ -122,6 +136,18 @@ class RecipeConfig:
         return (self.image_size // PATCH_SIZE) ** 2
 
 
+#: defaults of ``--benchmark scenes`` (other options keep RecipeConfig's defaults; flags override both):
+#: svlm-scenes at 336 px, 576 visual tokens
+SCENES: dict[str, Any] = {
+    "benchmark": "scenes",
+    "image_size": 336,
+    "attention_types": "color,shape,count,exist,relation,text",
+    "question_weights": "count:2,relation:2",
+    "curriculum": "0.05:6:10,1.0:8:20",
+    "train_visual_tokens": 192,
+    "vision_min_objects": 8,
+}
+
 SMOKE = {
     "steps": 3,
     "batch_size": 2,
@@ -163,8 +189,9 @@ class Phase:
         }
 
 
-def parse_curriculum(spec: str) -> list[Phase]:
-    """``"0.1:1:1:0.3,1.0:2:5"`` -> phases (end fraction : min objects : max objects [: shape scale])."""
+def parse_curriculum(spec: str, most_objects: int = 9) -> list[Phase]:
+    """``"0.1:1:1:0.3,1.0:2:5"`` -> phases (end fraction : min objects : max objects [: shape scale]);
+    ``most_objects`` is the benchmark's largest scene (svlm-shapes 9, svlm-scenes 30)."""
     try:
         phases = [
             Phase(float(f[0]), int(f[1]), int(f[2]), *map(float, f[3:4]))
@@ -179,14 +206,16 @@ def parse_curriculum(spec: str) -> list[Phase]:
     if ends != sorted(ends) or ends[-1] != 1.0:
         raise ValueError(f"curriculum phases must end in increasing order, the last at 1.0: {spec!r}")
     for p in phases:
-        if not 1 <= p.min_objects <= p.max_objects <= 9 or not 0 < p.shape_scale <= 1 / 3:
-            raise ValueError(f"curriculum phase {p} needs 1 <= min <= max <= 9 objects and 0 < scale <= 1/3")
+        if not 1 <= p.min_objects <= p.max_objects <= most_objects or not 0 < p.shape_scale <= 1 / 3:
+            raise ValueError(
+                f"curriculum phase {p} needs 1 <= min <= max <= {most_objects} objects and 0 < scale <= 1/3"
+            )
     return phases
 
 
 def phase_at(cfg: RecipeConfig, step: int) -> Phase:
     """The curriculum phase of ``step``."""
-    phases = parse_curriculum(cfg.curriculum)
+    phases = parse_curriculum(cfg.curriculum, MOST_OBJECTS[cfg.benchmark])
     return next((p for p in phases if step < p.end * cfg.steps), phases[-1])
 
 
@@ -202,24 +231,26 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return layers
 
 
-def parse_question_types(spec: str, option: str = "attention_types") -> set[str]:
-    """``"color,shape"`` -> {"color", "shape"}, checked against the svlm-shapes question types."""
+def parse_question_types(spec: str, option: str = "attention_types", benchmark: str = "shapes") -> set[str]:
+    """``"color,shape"`` -> {"color", "shape"}, checked against the benchmark's question types."""
     types = {t.strip() for t in spec.split(",") if t.strip()}
-    bad = sorted(types - set(shapes.QUESTION_TYPES))
+    valid = QUESTION_TYPES[benchmark]
+    bad = sorted(types - set(valid))
     if bad:
-        raise ValueError(f"{option} {bad} are not svlm-shapes question types {list(shapes.QUESTION_TYPES)}")
+        raise ValueError(f"{option} {bad} are not svlm-{benchmark} question types {list(valid)}")
     return types
 
 
-def parse_type_weights(spec: str) -> dict[str, int]:
+def parse_type_weights(spec: str, benchmark: str = "shapes") -> dict[str, int]:
     """``"count:3,exist:2"`` -> {"count": 3, "exist": 2} (types not named weigh 1), checked."""
     weights: dict[str, int] = {}
+    valid = QUESTION_TYPES[benchmark]
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, value = part.partition(":")
-        if name not in shapes.QUESTION_TYPES or not value.isdigit() or int(value) < 1:
+        if name not in valid or not value.isdigit() or int(value) < 1:
             raise ValueError(
-                f"question_weights must look like 'count:3,exist:2' (svlm-shapes question types "
-                f"{list(shapes.QUESTION_TYPES)}, whole weights >= 1), got {part!r} in {spec!r}"
+                f"question_weights must look like 'count:3,exist:2' (svlm-{benchmark} question types "
+                f"{list(valid)}, whole weights >= 1), got {part!r} in {spec!r}"
             )
         weights[name] = int(value)
     return weights
@@ -227,11 +258,13 @@ def parse_type_weights(spec: str) -> dict[str, int]:
 
 def check_config(cfg: RecipeConfig) -> None:
     """Raise ValueError naming the first bad option (layers, question types, curriculum, architecture)."""
+    if cfg.benchmark not in QUESTION_TYPES:
+        raise ValueError(f"benchmark must be one of {sorted(QUESTION_TYPES)}, got {cfg.benchmark!r}")
     parse_layers(cfg.attention_layers, cfg.num_layers)
     parse_layers(cfg.keyword_layers, cfg.num_layers)
-    parse_question_types(cfg.attention_types)
-    parse_type_weights(cfg.question_weights)
-    if not parse_question_types(cfg.lead_types, "lead_types") and cfg.lead_steps > 0:
+    parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
+    parse_type_weights(cfg.question_weights, cfg.benchmark)
+    if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")
     if cfg.align_steps < 0:
         raise ValueError(f"align_steps must be >= 0 (0 skips projector alignment), got {cfg.align_steps}")
@@ -243,7 +276,7 @@ def check_config(cfg: RecipeConfig) -> None:
         raise ValueError(
             f"lead_steps must be >= 0 (0: every question type from the start), got {cfg.lead_steps}"
         )
-    fewest = shapes.GRID * shapes.GRID  # every object's centre token must fit
+    fewest = MOST_OBJECTS[cfg.benchmark]  # every object's centre token must fit
     if cfg.train_visual_tokens and not fewest <= cfg.train_visual_tokens <= cfg.num_visual_tokens:
         raise ValueError(
             f"train_visual_tokens must be 0 (all) or between {fewest} (one per object of a full scene) and "
@@ -253,7 +286,7 @@ def check_config(cfg: RecipeConfig) -> None:
         raise ValueError(
             f"train_visual_until must be a fraction of the steps in [0, 1], got {cfg.train_visual_until}"
         )
-    parse_curriculum(cfg.curriculum)
+    parse_curriculum(cfg.curriculum, MOST_OBJECTS[cfg.benchmark])
     check_architecture(cfg)
 
 

@@ -26,6 +26,7 @@ def evaluate(
     batch_size: int = 16,
     image_size: int = 336,
     max_new_tokens: int = 8,
+    benchmark: str = "shapes",
 ) -> dict[str, Any]:
     """Greedy answers on ``num_samples`` of the shapes ``split``, scored like ``svlm test`` (normalised exact
     match), overall and per question type; ``strategy``/``budget`` prune with ``svlm.sparsify``."""
@@ -34,7 +35,7 @@ def evaluate(
     from svlm.metrics import exact_match
 
     model.eval()
-    ds = load_benchmark("shapes", split=split, limit=num_samples, seed=seed, image_size=image_size)
+    ds = load_benchmark(benchmark, split=split, limit=num_samples, seed=seed, image_size=image_size)
     runner = model if strategy in (None, "dense") else svlm.sparsify(model, strategy, budget=budget)
     tok = processor.tokenizer
     scores: dict[str, list[float]] = {}

@@ -3,18 +3,22 @@ tokens, grid cells."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from svlm.data import shapes
+from svlm.zoo.recipe import scenes_task
 from svlm.zoo.recipe.config import PATCH_SIZE, SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES
 from svlm.zoo.recipe.questions import evidence_objects
 
 
 def object_coverage(sample: dict, image_size: int, data_image_size: int) -> torch.Tensor:
     """[objects, visual tokens] share of each patch covered by each object's silhouette (rendered alone)."""
+    if scenes_task.is_scenes(sample):
+        return scenes_task.coverage(sample, image_size, data_image_size, PATCH_SIZE)
     grid = image_size // PATCH_SIZE
     out = []
     for o in sample["objects"]:
@@ -34,7 +38,8 @@ def patch_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per visual token: (shape, colour) class with 0 = background, from the scene annotation.
 
-    A token is labelled with the object covering most of its patch (at least a quarter of it). With
+    A token is labelled with the object covering most of its patch (at least a quarter of it; svlm-scenes:
+    the five shapes, then "card"). With
     ``centre_only`` the shape label is kept only on the patch holding each object's centre; the object's other
     patches get ``part_label`` (default -100: ignored by the loss).
     """
@@ -46,7 +51,8 @@ def patch_labels(
         best, owner = cover.max(0)
         on = best >= 0.25
         objs = sample["objects"]
-        shape_ids = torch.tensor([shapes.SHAPES.index(o["shape"]) + 1 for o in objs])
+        names = scenes_task.SHAPE_CLASSES if scenes_task.is_scenes(sample) else shapes.SHAPES
+        shape_ids = torch.tensor([names.index(o["shape"]) + 1 for o in objs])
         color_ids = torch.tensor([list(shapes.COLORS).index(o["color"]) + 1 for o in objs])
         shape_y = torch.where(on, shape_ids[owner], 0)
         color_y = torch.where(on, color_ids[owner], 0)
@@ -68,10 +74,39 @@ def objects_per_colour(sample: dict) -> torch.Tensor:
 
 def colour_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
     """Per visual token: how many objects of its colour the image holds, as a class (0: one ... 3: four or
-    more), or -100 (ignored) on background tokens; ``color_y`` is `patch_labels`' colour class per token."""
+    more), or -100 (ignored) on background tokens; ``color_y`` is `patch_labels`' colour class per token.
+    svlm-scenes counts objects of the same colour *and* shape (its count questions name both)."""
+    if scenes_task.is_scenes(sample):
+        return kind_count_labels(sample, color_y)
     per_colour = torch.cat([torch.zeros(1, dtype=torch.long), objects_per_colour(sample)])  # 0: background
     counts = per_colour[color_y].clamp(max=VISION_COUNT_CLASSES) - 1
     return torch.where(color_y > 0, counts, -100)
+
+
+def owners(sample: dict, image_size: int, data_image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per visual token: the object covering most of its patch, and whether it covers a quarter of it."""
+    cover = object_coverage(sample, image_size, data_image_size)
+    if not len(cover):
+        n = (image_size // PATCH_SIZE) ** 2
+        return torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
+    best, owner = cover.max(0)
+    return owner, best >= 0.25
+
+
+def kind_count_labels(sample: dict, color_y: torch.Tensor) -> torch.Tensor:
+    """svlm-scenes: per object token, how many objects of its colour and shape the image holds (0: one ... 3:
+    four or more), -100 on background."""
+    side = math.isqrt(len(color_y)) * PATCH_SIZE
+    owner, on = owners(sample, side, int(sample["image"].size[0]))
+    per_object = scenes_task.same_kind_counts(sample)
+    counts = per_object[owner].clamp(max=VISION_COUNT_CLASSES) - 1 if len(per_object) else owner * 0
+    return torch.where((color_y > 0) & on, counts, -100)
+
+
+def digit_labels(sample: dict, image_size: int, data_image_size: int) -> torch.Tensor:
+    """svlm-scenes: per visual token, 1 + the digit of the card covering it, 0 elsewhere."""
+    owner, on = owners(sample, image_size, data_image_size)
+    return scenes_task.digit_labels(owner, on, sample)
 
 
 def scene_labels(sample: dict) -> torch.Tensor:

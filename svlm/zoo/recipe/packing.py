@@ -53,6 +53,7 @@ def pack(
     qas: Sequence[Sequence[tuple[str, str]]],
     evidence: Sequence[Sequence[torch.Tensor | None]] | None = None,
     visual_keep: torch.Tensor | None = None,
+    benchmark: str = "shapes",
 ) -> PackedBatch:
     """One sequence per image: the image prefix once, then one (question, answer) branch per pair.
 
@@ -60,7 +61,7 @@ def pack(
     ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
     ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
     original positions, as a drop-only pruning method would: the sequences are then shorter by the number of
-    visual tokens dropped.
+    visual tokens dropped. ``benchmark`` ("shapes" or "scenes") types the questions and finds their key words.
     """
     tok = processor.tokenizer
     image_id = processor.image_token_id
@@ -93,9 +94,9 @@ def pack(
             elif full[:cut] != prefix:
                 raise RuntimeError("questions of one image do not share the image prefix")
             text = prompt_text(processor, question)
-            head = tok(text[: text.index(question) + keyword_end(question)], add_special_tokens=True)[
-                "input_ids"
-            ]
+            head = tok(
+                text[: text.index(question) + keyword_end(question, benchmark)], add_special_tokens=True
+            )["input_ids"]
             if full[: len(head)] != head:
                 raise RuntimeError(f"the key word of {question!r} does not end on a token boundary")
             keywords.append(len(ids) + len(head) - 1 - cut)
@@ -149,7 +150,7 @@ def pack(
         target_cols=torch.tensor(cols),
         targets=torch.tensor(targets),
         target_question=torch.tensor(owner),
-        question_types=[question_type(q) for pairs in qas for q, _ in pairs],
+        question_types=[question_type(q, benchmark) for pairs in qas for q, _ in pairs],
         branch_starts=branches,
         evidence_rows=torch.tensor(ev_rows) if ev_rows else None,
         evidence_query_cols=torch.tensor(ev_cols) if ev_rows else None,

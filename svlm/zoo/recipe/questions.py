@@ -10,6 +10,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from svlm.data import shapes
 from svlm.data.prompts import SHORT_ANSWER, build_conversation, with_instruction
+from svlm.zoo.recipe import scenes_task
 
 
 def _templates() -> dict[str, Any]:
@@ -33,7 +34,10 @@ def derived_questions(
     its scene annotation with the benchmark's templates, cycling over question types, each type
     ``type_weights[type]`` times per cycle (default once; each type's answer drawn uniformly among the answers
     that type can have for this image). ``only`` keeps the question types in it (the image's own question
-    too; it is the fallback when the image has no other question of those types)."""
+    too; it is the fallback when the image has no other question of those types). svlm-scenes samples get
+    their questions from `svlm.zoo.recipe.scenes_task`."""
+    if scenes_task.is_scenes(sample):
+        return scenes_task.derived_questions(sample, k, rng, type_weights, only)
     t = _templates()
     objs = sample["objects"]
     shape_counts: dict[str, int] = {}
@@ -99,8 +103,10 @@ _TYPE_PREFIXES = {
 }
 
 
-def question_type(question: str) -> str:
-    """The svlm-shapes question type of a templated question."""
+def question_type(question: str, benchmark: str = "shapes") -> str:
+    """The question type of a templated question of `benchmark` ("shapes" or "scenes")."""
+    if benchmark == "scenes":
+        return scenes_task.question_type(question)
     return next((t for prefix, t in _TYPE_PREFIXES.items() if question.startswith(prefix)), "other")
 
 
@@ -110,10 +116,12 @@ def prompt_text(processor: ProcessorMixin, question: str) -> str:
     return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
-def keyword_end(question: str) -> int:
+def keyword_end(question: str, benchmark: str = "shapes") -> int:
     """Where the words that name the evidence end in a templated question: "What color is the circle?" ->
     after "circle", "How many red shapes are there?" -> after "red", "What shape is at the top left of the
-    image?" -> after "left"."""
+    image?" -> after "left" (svlm-scenes: after the first object's phrase)."""
+    if benchmark == "scenes":
+        return scenes_task.keyword_end(question)
     if question.startswith("What shape is at the "):
         return question.index(" of the image?")
     if question.startswith("How many "):
@@ -124,6 +132,8 @@ def keyword_end(question: str) -> int:
 def evidence_objects(sample: dict, question: str) -> list[int]:
     """Indices of the objects a templated svlm-shapes question is about (empty when none is: a count of 0, a
     "no" to "Is there ...")."""
+    if scenes_task.is_scenes(sample):
+        return scenes_task.evidence_objects(sample, question)
     objs = sample["objects"]
     words = question.rstrip("?").split()
     if question.startswith("What color is the "):

@@ -120,19 +120,42 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             print(json.dumps(entry), flush=True)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             val = evaluate(
-                model, processor, "val", cfg.eval_samples, cfg.seed, image_size=cfg.data_image_size
+                model,
+                processor,
+                "val",
+                cfg.eval_samples,
+                cfg.seed,
+                image_size=cfg.data_image_size,
+                benchmark=cfg.benchmark,
             )
             val.update(step=step + 1, elapsed_s=round(time.perf_counter() - start, 1))
             log["val"].append(val)
             print(json.dumps({"val": val}), flush=True)
+            if output_dir is not None:  # a partial model to use if the run is stopped
+                log["train_time_s"] = round(time.perf_counter() - start, 1)
+                save(model, processor, log, output_dir)
     log["train_time_s"] = round(time.perf_counter() - start, 1)
     model.eval()
-    val = evaluate(model, processor, "val", cfg.eval_samples, cfg.seed, image_size=cfg.data_image_size)
+    val = evaluate(
+        model,
+        processor,
+        "val",
+        cfg.eval_samples,
+        cfg.seed,
+        image_size=cfg.data_image_size,
+        benchmark=cfg.benchmark,
+    )
     val.update(step=cfg.steps, elapsed_s=round(time.perf_counter() - start, 1))
     log["val"].append(val)
     if cfg.test_samples > 0:
         log["test_dense"] = evaluate(
-            model, processor, "test", cfg.test_samples, 0, image_size=cfg.data_image_size
+            model,
+            processor,
+            "test",
+            cfg.test_samples,
+            0,
+            image_size=cfg.data_image_size,
+            benchmark=cfg.benchmark,
         )
     log["total_time_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps({"val": val, "test_dense": log.get("test_dense")}), flush=True)

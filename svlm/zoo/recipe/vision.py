@@ -15,8 +15,13 @@ from transformers import (
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.data import shapes
+from svlm.zoo.recipe import scenes_task
+from svlm.zoo.recipe.batches import training_sample
 from svlm.zoo.recipe.config import SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES, RecipeConfig
-from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, patch_labels, scene_labels
+from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, digit_labels, patch_labels, scene_labels
+
+#: scenes per stage-1 image: up to a full svlm-shapes grid, or 20 svlm-scenes objects
+VISION_MAX_OBJECTS = {"shapes": 9, "scenes": 20}
 
 
 def pretrain_vision(
@@ -32,12 +37,14 @@ def pretrain_vision(
     """
     tower = model.model.vision_tower
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    part_label = len(shapes.SHAPES) + 1 if cfg.part_class else -100
-    n_shape, n_color = len(shapes.SHAPES) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
+    names = scenes_task.SHAPE_CLASSES if cfg.benchmark == "scenes" else shapes.SHAPES
+    part_label = len(names) + 1 if cfg.part_class else -100
+    n_shape, n_color = len(names) + 1 + int(cfg.part_class), len(shapes.COLORS) + 1
     n_cell = shapes.GRID**2
     n_count = VISION_COUNT_CLASSES if cfg.count_loss_weight > 0 else 0
     n_scene = len(shapes.COLORS) * SCENE_COUNT_CLASSES if cfg.scene_loss_weight > 0 else 0
-    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene)
+    n_digit = scenes_task.DIGIT_CLASSES + 1 if cfg.benchmark == "scenes" and cfg.digit_loss_weight > 0 else 0
+    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene + n_digit)
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
@@ -48,17 +55,17 @@ def pretrain_vision(
     start = time.perf_counter()
     tower.train()
     for step in range(cfg.vision_steps):
-        images, shape_y, color_y, count_y, scene_y = [], [], [], [], []
+        images, shape_y, color_y, count_y, scene_y, digit_y = [], [], [], [], [], []
         for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
             # sample indices from the far end of the train split, so stage 2 sees other images
-            sample = shapes.generate_sample(
+            sample = training_sample(
+                cfg,
                 10_000_000 + i,
-                "train",
-                cfg.seed,
-                image_size=cfg.data_image_size,
                 min_objects=cfg.vision_min_objects,
-                max_objects=9,
+                max_objects=VISION_MAX_OBJECTS[cfg.benchmark],
             )
+            if n_digit:
+                digit_y.append(digit_labels(sample, cfg.image_size, cfg.data_image_size))
             centre_only = step < cfg.shape_dense_from * cfg.vision_steps
             s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only, part_label)
             images.append(sample["image"])
@@ -91,14 +98,23 @@ def pretrain_vision(
             loss = loss + cfg.count_loss_weight * ce(count_logits, ny)
         if n_scene:
             # every patch predicts the whole scene's summary
-            scene_logits = logits[:, count_at + n_count :].reshape(-1, SCENE_COUNT_CLASSES)
+            scene_logits = logits[:, count_at + n_count : count_at + n_count + n_scene]
+            scene_logits = scene_logits.reshape(-1, SCENE_COUNT_CLASSES)
             scene_targets = torch.stack(scene_y).repeat_interleave(hidden.shape[1] - 1, 0).flatten()
             loss = loss + cfg.scene_loss_weight * ce(scene_logits, scene_targets)
+        if n_digit:  # svlm-scenes: each card's digit at its patches (cards cover ~2% of the patches)
+            dy = torch.cat(digit_y)
+            digit_logits = logits[:, count_at + n_count + n_scene :]
+            card = dy > 0
+            digit_weight = torch.where(card, 10.0, 1.0)
+            loss = (
+                loss + cfg.digit_loss_weight * (ce(digit_logits, dy, reduction="none") * digit_weight).mean()
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            named = (sy > 0) & (sy <= len(shapes.SHAPES))  # patches labelled with a shape name
+            named = (sy > 0) & (sy <= len(names))  # patches labelled with a shape name
             metrics = {
                 "loss": float(loss),
                 "object_patch_shape_acc": (logits[named, :n_shape].argmax(-1) == sy[named]).float().mean(),
@@ -111,6 +127,8 @@ def pretrain_vision(
             }
             if n_count:
                 metrics["object_patch_count_acc"] = (count_logits[obj].argmax(-1) == ny[obj]).float().mean()
+            if n_digit:
+                metrics["card_patch_digit_acc"] = (digit_logits[card].argmax(-1) == dy[card]).float().mean()
             if n_scene:
                 metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
             window.append({k: float(v) for k, v in metrics.items()})

@@ -1,0 +1,86 @@
+"""The recipe on svlm-scenes: questions with evidence and key words, card and digit labels, the training
+drop that keeps asked objects, the scenes defaults of the command line, and a smoke run end to end."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from svlm.data import scenes
+from svlm.zoo import train_default as recipe
+from svlm.zoo.recipe import scenes_task
+from svlm.zoo.recipe.batches import training_sample
+from svlm.zoo.recipe.labels import digit_labels, patch_labels
+
+SCENES_SMOKE = {**recipe.SCENES, **recipe.SMOKE, "image_size": 224, "train_visual_tokens": 64}
+
+
+def _sample(index: int = 3) -> dict:
+    cfg = recipe.RecipeConfig(**SCENES_SMOKE)
+    return training_sample(cfg, index, min_objects=8, max_objects=20)
+
+
+def test_derived_questions_carry_evidence_and_types():
+    sample = _sample()
+    qas = recipe.derived_questions(sample, 8, random.Random(0))
+    assert qas[0] == (sample["question"], sample["answer"]) and len(qas) == 8
+    types = {recipe.question_type(q, "scenes") for q, _ in qas}
+    assert len(types) >= 4 and types <= set(scenes.QUESTION_TYPES)
+    objs = sample["objects"]
+    for q, a in qas:
+        ev = recipe.evidence_objects(sample, q)
+        if recipe.question_type(q, "scenes") == "text":
+            assert objs[ev[0]]["text"] == a
+        if recipe.question_type(q, "scenes") == "count":
+            assert len(ev) == int(a)
+
+
+def test_packed_key_words_fall_on_token_boundaries():
+    cfg = recipe.RecipeConfig(**SCENES_SMOKE)
+    _, processor = recipe.build_model(cfg)
+    samples = [_sample(i) for i in range(6)]
+    qas = [recipe.derived_questions(s, 8, random.Random(i)) for i, s in enumerate(samples)]
+    batch = recipe.pack(processor, [s["image"] for s in samples], qas, benchmark="scenes")
+    assert set(batch.question_types) <= set(scenes.QUESTION_TYPES)
+    assert len(batch.question_types) == sum(len(p) for p in qas)
+
+
+def test_cards_get_their_class_and_digit():
+    sample = _sample(5)
+    shape_y, colour_y = patch_labels(sample, 224, 336)
+    digits = digit_labels(sample, 224, 336)
+    card_class = scenes_task.SHAPE_CLASSES.index(scenes.CARD) + 1
+    on_card = shape_y == card_class
+    assert bool(on_card.any())
+    written = {int(o["text"]) + 1 for o in sample["objects"] if o["shape"] == scenes.CARD}
+    assert set(digits[on_card].tolist()) <= written and set(digits[~on_card].tolist()) == {0}
+
+
+def test_training_drop_keeps_the_asked_objects_first():
+    cfg = recipe.RecipeConfig(**{**SCENES_SMOKE, "train_visual_tokens": 40})
+    sample = _sample(7)
+    recipe.derived_questions(sample, 8, random.Random(0))
+    keep = set(recipe.kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(0)).tolist())
+    asked = sorted({i for ev in sample["_evidence"].values() for i in ev})
+    centres = recipe.centre_tokens(sample, 224, 336)
+    assert {centres[i] for i in asked} <= keep
+
+
+def test_command_line_scenes_defaults_and_bad_values():
+    cfg, _ = recipe.parse_args(["--benchmark", "scenes", "--steps", "7"])
+    assert cfg.benchmark == "scenes" and cfg.image_size == 336 and cfg.steps == 7
+    assert "relation" in cfg.attention_types
+    with pytest.raises(ValueError, match="benchmark must be one of"):
+        recipe.check_config(recipe.RecipeConfig(benchmark="gqa"))
+    with pytest.raises(ValueError, match="are not svlm-scenes question types"):
+        recipe.check_config(recipe.RecipeConfig(**{**recipe.SCENES, "lead_types": "position"}))
+
+
+def test_smoke_run_trains_and_evaluates_on_scenes(tmp_path):
+    log = recipe.train(recipe.RecipeConfig(**SCENES_SMOKE), tmp_path)
+    assert log["config"]["benchmark"] == "scenes"
+    assert set(log["test_dense"]) >= {"all", "num_samples"} and log["test_dense"]["num_samples"] == 4
+    assert any("card_patch_digit_acc" in entry for entry in log["vision_pretraining"])
+    assert (tmp_path / "model.safetensors").is_file()
