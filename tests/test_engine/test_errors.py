@@ -26,7 +26,7 @@ def test_budget_larger_than_visual_tokens(tiny, images, questions):
 
 
 def test_non_positive_budget():
-    with pytest.raises(svlm.BudgetError, match="budget must be > 0"):
+    with pytest.raises(svlm.BudgetError, match="budget=0 must be > 0"):
         svlm.build_strategy("random", budget=0)
 
 
