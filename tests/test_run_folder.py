@@ -285,7 +285,10 @@ def test_two_real_runs_into_one_folder(tmp_path, capsys):
     """The issue's case: a second `svlm test` into the folder of a running one stops, naming it."""
     config = _config(tmp_path)
     command = [sys.executable, "-m", "svlm", "test", "--config", str(config), "--data.limit", "20"]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "SVLM_IMPORT"}  # plug-ins another test may have left
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         lock = tmp_path / "run" / LOCK_NAME
         for _ in range(1200):
