@@ -139,3 +139,21 @@ def test_one_wrapper_from_two_threads_is_refused(llava):
         _finish(sparse, thread, result)
     with torch.no_grad():
         assert sparse(**inputs).logits.shape == result["logits"].shape  # usable again afterwards
+
+
+@pytest.mark.gpu
+def test_dense_call_during_a_pruned_call_on_the_gpu(images, questions):
+    from svlm.testing import tiny_vlm
+
+    tiny = tiny_vlm("llava")
+    tiny.model.cuda()
+    inputs = dict(tiny.inputs(images, questions))  # on the model's device
+    with torch.no_grad():
+        dense = tiny.model(**inputs).logits
+    sparse = svlm.sparsify(tiny.model, PausingFastV(budget=0.6))
+    thread, result = _paused(sparse, inputs)
+    with torch.no_grad():
+        during = tiny.model(**inputs).logits
+    _finish(sparse, thread, result)
+    torch.testing.assert_close(during, dense, rtol=1e-4, atol=1e-4)  # same shape: nothing pruned
+    assert result["logits"].shape == dense.shape and result["report"].budget < 577
