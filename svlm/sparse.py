@@ -54,6 +54,7 @@ class SparseModel:
     def __call__(self, **inputs: Any) -> Any:
         inputs = self._with_cache(inputs)
         with self._attached() as session, self._fast():
+            session.request_inputs = inputs
             out = self.model(**inputs)
         report = self._collect(session)
         if report is not None and getattr(out, "logits", None) is not None:
@@ -69,6 +70,7 @@ class SparseModel:
             raise ValueError("svlm's pruned generation does not support beam search (num_beams > 1) yet.")
         inputs = self._with_cache(inputs, required=True, reserve=_new_tokens(self.model, inputs))
         with self._attached() as session, self._fast():
+            session.request_inputs = inputs
             out = self.model.generate(**inputs)
         self._collect(session)
         return out

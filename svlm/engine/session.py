@@ -62,6 +62,9 @@ class PruningSession:
     def __init__(
         self, model: nn.Module, adapter: Adapter, strategy: Strategy, *, seed: int | None = None
     ) -> None:
+        # the keyword inputs of the wrapper's call (``generate`` computes the image features before the first
+        # forward, so that forward's own inputs hold no pixel values): see ``PrefillContext.request_inputs``
+        self.request_inputs: dict[str, Any] = {}
         self.model = model
         self.adapter = adapter
         self.strategy = strategy
@@ -104,6 +107,7 @@ class PruningSession:
             )
         try:
             self.reports = []
+            self.request_inputs = {}
             self._token = ACTIVE_SESSION.set(self)
             self.attach()
         except BaseException:
@@ -118,6 +122,7 @@ class PruningSession:
         try:
             self.detach()
             self._release()
+            self.request_inputs = {}
             if self._token is not None:
                 ACTIVE_SESSION.reset(self._token)
                 self._token = None
@@ -285,6 +290,7 @@ class PruningSession:
             visual=visual,
             valid=valid,
             inputs=self.call_inputs,
+            request_inputs=self.request_inputs,
             generator=generator,
             vision=self.vision_captured,
             adapter=self.adapter,

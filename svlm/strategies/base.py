@@ -86,6 +86,9 @@ class PrefillContext:
     visual: torch.Tensor  # [b, n] bool
     valid: torch.Tensor  # [b, n] bool (False at padding)
     inputs: dict[str, Any]  # the model inputs of this call (pixel_values, image_grid_thw, ...)
+    # the inputs given to the svlm wrapper's call or generate (pixel_values even where generate computed the
+    # image features before this forward)
+    request_inputs: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     overhead_flops: float = 0.0  # FLOPs a strategy spends outside the layers (added to the report's scoring)

@@ -45,7 +45,7 @@ class EvidenceOracle(Strategy):
 
     def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
         counts = schedule_counts(ctx.info.num_layers, [-1], ctx.num_visual, self.target_tokens(ctx))
-        pixel_values = ctx.inputs.get("pixel_values")
+        pixel_values = ctx.inputs.get("pixel_values", ctx.request_inputs.get("pixel_values"))
         if pixel_values is None or pixel_values.ndim != 4 or len(pixel_values) != ctx.batch_size:
             raise ValueError(
                 "evidence_oracle needs one image per sample (pixel_values [batch, 3, H, W]) from the "

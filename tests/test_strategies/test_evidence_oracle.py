@@ -85,3 +85,14 @@ def test_refuses_images_without_annotation(vlm):
     sparse = svlm.sparsify(vlm.model, "evidence_oracle", budget=64)
     with pytest.raises(LookupError, match="not an svlm-scenes image"):
         sparse(**vlm.inputs([Image.fromarray(noise)], ["What color is the small star?"]))
+
+
+@torch.no_grad()
+def test_runs_under_generate(vlm, rows):
+    """``generate`` computes the image features before the first forward: the oracle reads the pixel values
+    given to the wrapper (``PrefillContext.request_inputs``)."""
+    strategy = EvidenceOracle(budget=64)
+    kept = _kept(strategy)
+    inputs = vlm.inputs([r["image"] for r in rows[:2]], [r["question"] for r in rows[:2]])
+    ids = svlm.sparsify(vlm.model, strategy).generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert ids.shape[0] == 2 and [len(k) for k in kept] == [64, 64]
