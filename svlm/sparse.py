@@ -76,8 +76,10 @@ class SparseModel:
         return out
 
     def detach(self) -> nn.Module:
-        """Return the wrapped model (nothing stays attached between calls)."""
-        self._session.detach()
+        """Return the wrapped model (nothing stays attached between calls; a call running in another
+        thread keeps its hooks until it ends)."""
+        if not self._session.running:
+            self._session.detach()
         return self.model
 
     # -- helpers ---------------------------------------------------------------------------------------

@@ -168,6 +168,11 @@ class PruningSession:
             self.handles.append(attn.q_proj.register_forward_hook(own(self._capture_hook(idx, "q"))))
             self.handles.append(attn.k_proj.register_forward_hook(own(self._capture_hook(idx, "k"))))
 
+    @property
+    def running(self) -> bool:
+        """True while a call runs with this session (in any thread)."""
+        return self._busy.locked()
+
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()

@@ -87,6 +87,7 @@ def test_dense_call_during_a_pruned_call_is_untouched(llava):
     thread, result = _paused(sparse, inputs)
     with torch.no_grad():
         during = tiny.model(**inputs).logits
+    assert sparse.detach() is tiny.model  # does not pull the hooks from under the running call
     _finish(sparse, thread, result)
     assert during.shape == dense.shape
     assert torch.equal(during, dense)
