@@ -114,6 +114,6 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # On a machine with a CUDA GPU: the `gpu` test tier plus the selection-cost and kernel measurements, results
-# under $(OUT) (see scripts/gpu_check.sh). Uses the installed environment (no venv set-up).
+# under $(OUT) (see tests/gpu_check.sh). Uses the installed environment (no venv set-up).
 gpu-check:
-	OUT=$(or $(OUT),$(CURDIR)/gpu-check-out) bash scripts/gpu_check.sh
+	OUT=$(or $(OUT),$(CURDIR)/gpu-check-out) bash tests/gpu_check.sh

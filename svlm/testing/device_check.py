@@ -1,4 +1,4 @@
-"""The GPU acceptance checks without pytest, for machines that lack it (``scripts/gpu_check.sh`` falls back
+"""The GPU acceptance checks without pytest, for machines that lack it (``tests/gpu_check.sh`` falls back
 to this): every registered strategy runs forward and ``generate`` on every family in float32 and bfloat16;
 drop-only strategies match the masked-key oracle in float32; a batch equals each sample alone. One JSON row
 per check in ``DIR/device_check.json``, rewritten after each (a run cut short keeps what it checked).

@@ -2,7 +2,7 @@
 # svlm's GPU check, in one go, for a session lent a CUDA machine (about 5 minutes on an H200).
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PWD && bash scripts/gpu_check.sh
+#     && export PYTHONPATH=/tmp/site:$PWD && bash tests/gpu_check.sh
 #
 # Run from the repository root. Writes under $OUT (default ./gpu-check-out), as it goes:
 #   env.txt                 versions and the device
