@@ -12,18 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from svlm.calibrate.fidelity import Answer, fidelity
+from svlm.metrics import MAIN_METRICS
 
 __all__ = ["BatchResult", "PointTally", "batch_result"]
-
-#: Headline metric of each benchmark family, in the evaluator's order of preference.
-MAIN_METRICS: tuple[str, ...] = (
-    "exact_match",
-    "vqa_accuracy",
-    "mc_accuracy",
-    "mmbench_circular",
-    "pope_f1",
-    "mme_perception",
-)
 
 
 @dataclass

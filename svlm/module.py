@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from svlm.engine.execution import EXECUTIONS
 from svlm.engine.validation import InputError
 from svlm.journal import STAT_KEYS, PointJournal, run_determinants, summarize_rejected
+from svlm.metrics import MAIN_METRICS
 from svlm.models import load_vlm, resolve_device
 from svlm.strategies.base import parse_budget
 
@@ -250,16 +251,6 @@ LOGGED_KEYS: frozenset[str] = frozenset(
         "prefill_latency_s",
         "generate_latency_s",
     }
-)
-
-#: Headline metric of each benchmark family, in order of preference (papers report POPE F1, MME perception).
-MAIN_METRICS: tuple[str, ...] = (
-    "exact_match",
-    "vqa_accuracy",
-    "mc_accuracy",
-    "mmbench_circular",
-    "pope_f1",
-    "mme_perception",
 )
 
 

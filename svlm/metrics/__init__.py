@@ -29,7 +29,19 @@ from svlm.metrics.mme import MME_COGNITION, MME_PERCEPTION, MMEScore
 from svlm.metrics.normalize import evalai_answer, normalize_answer, strip_case_punctuation
 from svlm.metrics.pope import POPEMetrics
 
+#: Headline metric of each benchmark family, in order of preference (papers report POPE F1, MME perception);
+#: the evaluator and calibration report the first one a benchmark computes.
+MAIN_METRICS: tuple[str, ...] = (
+    "exact_match",
+    "vqa_accuracy",
+    "mc_accuracy",
+    "mmbench_circular",
+    "pope_f1",
+    "mme_perception",
+)
+
 __all__ = [
+    "MAIN_METRICS",
     "BATCH_FIELDS",
     "CategorizedMean",
     "REASONING_TAGS",
