@@ -279,46 +279,37 @@ def _mmbench(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
     )
 
 
-def _shapes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
-    return make_sample(
-        id=row["id"],
-        image=row["image"],
-        question=row["question"],
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
-        answers=list(row["answers"]),
-        answer_type="yesno" if row["question_type"] == "exist" else "open",
-        category=row["question_type"],
-        image_id=row["id"],
-        task="shapes",
-    )
+def _generated(task: str) -> Callable[[dict, int, BenchmarkDataset], Sample]:
+    """Row -> Sample for svlm's generated benchmarks (svlm-shapes, svlm-scenes): one row layout for both."""
 
+    def to_sample(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
+        return make_sample(
+            id=row["id"],
+            image=row["image"],
+            question=row["question"],
+            prompt=with_instruction(row["question"], SHORT_ANSWER),
+            answers=list(row["answers"]),
+            answer_type="yesno" if row["question_type"] == "exist" else "open",
+            category=row["question_type"],
+            image_id=row["id"],
+            task=task,
+        )
 
-def _scenes(row: dict, i: int, ds: BenchmarkDataset) -> Sample:
-    return make_sample(
-        id=row["id"],
-        image=row["image"],
-        question=row["question"],
-        prompt=with_instruction(row["question"], SHORT_ANSWER),
-        answers=list(row["answers"]),
-        answer_type="yesno" if row["question_type"] == "exist" else "open",
-        category=row["question_type"],
-        image_id=row["id"],
-        task="scenes",
-    )
+    return to_sample
 
 
 # ------------------------------------------------------------------------------------------------- registry
 
 for _spec in (
     BenchmarkSpec(
-        "shapes", _shapes, hub=None, split="test", metric="vqa_exact_match", train_split="train",
+        "shapes", _generated("shapes"), hub=None, split="test", metric="vqa_exact_match", train_split="train",
         val_split="val",
         categories=shapes.QUESTION_TYPES, aliases=("svlm-shapes", "svlm_shapes"),
         description="synthetic grounded QA generated offline (svlm.data.shapes)",
         extra={"generated": True},
     ),
     BenchmarkSpec(
-        "scenes", _scenes, hub=None, split="test", metric="vqa_exact_match", train_split="train",
+        "scenes", _generated("scenes"), hub=None, split="test", metric="vqa_exact_match", train_split="train",
         val_split="val",
         categories=scenes.QUESTION_TYPES, aliases=("svlm-scenes", "svlm_scenes"),
         description="cluttered synthetic scenes: text, relations, evidence annotations (svlm.data.scenes)",
