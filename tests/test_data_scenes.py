@@ -175,3 +175,28 @@ def test_loader_and_datamodule():
 def test_bad_arguments_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_scenes_dataset(**kwargs)
+
+
+def test_objects_sit_on_the_layout_grid(test_set):
+    """Every object spans whole grid cells (at 336 px: whole 14-px patches), of its size's side."""
+    cell = 336 // scenes.CELLS
+    for row in test_set:
+        for o in row["objects"]:
+            x0, y0, x1, y1 = o["bbox"]
+            side = scenes.CARD_SIDE if o["shape"] == scenes.CARD else scenes.SIZES[o["size"]]
+            assert x0 % cell == 0 and y0 % cell == 0, o
+            assert (x1 + 1 - x0, y1 + 1 - y0) == (side * cell, side * cell), o
+
+
+def test_digits_come_from_the_bitmap_font():
+    """Ten distinct 5x7 glyphs; a card shows its digit's glyph: the ink, sampled at the glyph's pixel centres,
+    spells the glyph (no font file, so every Pillow draws the same pixels)."""
+    glyphs = list(scenes.GLYPHS.values())
+    assert len(set(glyphs)) == 10 and all(len(g) == 7 and all(len(r) == 5 for r in g) for g in glyphs)
+    from PIL import ImageDraw
+
+    for digit in scenes.DIGITS:
+        img = Image.new("RGB", (50, 70), (255, 255, 255))
+        scenes.draw_digit(ImageDraw.Draw(img), digit, (0, 0, 50, 70), (0, 0, 0))
+        ink = np.asarray(img)[5::10, 5::10, 0] < 128
+        assert ["".join("#" if b else "." for b in r) for r in ink] == list(scenes.GLYPHS[digit])

@@ -15,8 +15,11 @@ the tokens covering them: an upper bound for question-aware selection, not a met
 
 Determinism: sample ``i`` of (``split``, ``seed``) depends only on those three values and the generator
 options, so a smaller ``num_samples`` gives a prefix of a larger one; splits use disjoint random streams.
-Cards are drawn with Pillow's built-in font (``ImageFont.load_default``), so other Pillow versions may draw
-digits a pixel apart.
+Digits are drawn from a built-in 5x7 bitmap font (no font files, the same pixels with every Pillow version).
+
+Objects sit on a 24x24 layout grid and their sides are whole cells (small shapes 2, large shapes and cards
+3): at 336 px with 14-px patches, a visual token then sees one object's part, not slivers of several, so a
+small tower trained from scratch on CPU can name what each token shows. Overlaps, clutter and texture stay.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from svlm.data.shapes import COLORS, SHAPES, _polygon
 
@@ -38,9 +41,12 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 SPLIT_ALIASES = {"validation": "val", "dev": "val"}
 _STREAM = 7_000_000  # keeps scenes' random streams apart from svlm-shapes'
 
-SIZES: dict[str, float] = {"small": 0.075, "large": 0.14}  # side as a fraction of the image
+#: the layout grid: objects are placed on it and their sides are whole cells, so at 336 px each cell is one
+#: 14-px patch of a LLaVA-1.5-style tower (576 visual tokens) and a patch never mixes half of two objects
+CELLS = 24
+SIZES: dict[str, int] = {"small": 2, "large": 3}  # side in grid cells
 CARD = "card"
-CARD_SIDE = 0.12
+CARD_SIDE = 3  # cells
 DIGITS: tuple[str, ...] = tuple("0123456789")
 PLURALS = {
     "circle": "circles",
@@ -260,38 +266,47 @@ def _specs(rng: np.random.Generator, qtype: str, answer: str, n: int) -> tuple[l
 def _place(
     rng: np.random.Generator, specs: list[dict], size: int, relation: str | None
 ) -> list[SceneObject | None]:
-    """Centres at random, keeping objects from hiding each other's centres (overlaps stay). Objects that
-    find no room are left out (None); for a relation question the second object is placed so that the
-    asked relation holds clearly."""
+    """Top-left grid cells at random, keeping objects from hiding each other's centres (overlaps stay).
+    Objects that find no room are left out (None); for a relation question the second object is placed so
+    that the asked relation holds clearly."""
+    cell = size / CELLS
     out: list[SceneObject | None] = []
-    placed: list[tuple[float, float, float]] = []
+    placed: list[tuple[float, float, float]] = []  # centre x, centre y, half side (pixels)
     for k, d in enumerate(specs):
-        side = size * (CARD_SIDE if d["shape"] == CARD else SIZES[d["size"]]) * rng.uniform(0.9, 1.1)
-        h = side / 2
+        side = CARD_SIDE if d["shape"] == CARD else SIZES[d["size"]]
+        h = side * cell / 2
+        lo, hi = 0, CELLS - side  # top-left cells that keep the object inside the image
         spot = None
         for _ in range(300):
-            cx, cy = rng.uniform(h + 2, size - h - 2, size=2)
+            gx, gy = (int(v) for v in rng.integers(lo, hi + 1, size=2))
             if relation is not None and k == 0:  # leave room on the side the second object must go
-                lo, hi = h + 2, size - h - 2
+                mid = (hi - lo) // 2
                 if relation in ("left", "right"):
-                    cx = rng.uniform(lo, 0.5 * size) if relation == "left" else rng.uniform(0.5 * size, hi)
+                    gx = int(rng.integers(lo, mid + 1) if relation == "left" else rng.integers(mid, hi + 1))
                 else:
-                    cy = rng.uniform(lo, 0.5 * size) if relation == "above" else rng.uniform(0.5 * size, hi)
+                    gy = int(rng.integers(lo, mid + 1) if relation == "above" else rng.integers(mid, hi + 1))
+            cx, cy = (gx + side / 2) * cell, (gy + side / 2) * cell
             if relation is not None and k == 1:
                 ax, ay, _ = placed[0]
                 if _relation((ax, ay), (cx, cy), size * 0.2) != relation:
                     continue
             if all(math.hypot(cx - px, cy - py) >= 0.55 * (h + ph) for px, py, ph in placed):
-                spot = (cx, cy)
+                spot = (gx, gy)
                 break
         if spot is None:
             if k < 2 and relation is not None:
                 raise RuntimeError("could not place the relation's objects")  # pragma: no cover
             out.append(None)
             continue
-        placed.append((*spot, h))
-        cx, cy = spot
-        bbox = (round(cx - h), round(cy - h), round(cx + h), round(cy + h))
+        gx, gy = spot
+        placed.append(((gx + side / 2) * cell, (gy + side / 2) * cell, h))
+        # inclusive pixel box of the cells [gx, gx + side) x [gy, gy + side)
+        bbox = (
+            round(gx * cell),
+            round(gy * cell),
+            round((gx + side) * cell) - 1,
+            round((gy + side) * cell) - 1,
+        )
         out.append(SceneObject(d["shape"], d["color"], d["size"], bbox, d["text"]))
     return out
 
@@ -366,8 +381,33 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
             draw.line((x, y, x + dx, y + dy), fill=(g, g, g), width=int(rng.integers(1, 3)))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+#: 5x7 bitmap glyphs of the digits (rows top to bottom, "#" = ink)
+GLYPHS: dict[str, tuple[str, ...]] = {
+    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    "3": ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
+    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
+}
+
+
+def draw_digit(
+    draw: ImageDraw.ImageDraw, digit: str, box: tuple[float, float, float, float], ink: Any
+) -> None:
+    """Draw `digit` from the bitmap font, scaled to fill `box` (x0, y0, x1, y1) keeping the 5:7 aspect."""
+    x0, y0, x1, y1 = box
+    pixel = min((x1 - x0) / 5, (y1 - y0) / 7)
+    left, top = (x0 + x1 - 5 * pixel) / 2, (y0 + y1 - 7 * pixel) / 2
+    for r, row in enumerate(GLYPHS[digit]):
+        for c, bit in enumerate(row):
+            if bit == "#":
+                px, py = left + c * pixel, top + r * pixel
+                draw.rectangle((round(px), round(py), round(px + pixel) - 1, round(py + pixel) - 1), fill=ink)
 
 
 def draw_object(draw: ImageDraw.ImageDraw, o: SceneObject, fill: Any, ink: Any = (20, 20, 20)) -> None:
@@ -378,8 +418,7 @@ def draw_object(draw: ImageDraw.ImageDraw, o: SceneObject, fill: Any, ink: Any =
         m = max(2, round((x1 - x0) * 0.14))
         draw.rectangle((x0 + m, y0 + m, x1 - m, y1 - m), fill=(250, 250, 250) if ink is not None else fill)
         if ink is not None:
-            font = _font(round((y1 - y0) * 0.7))
-            draw.text(((x0 + x1) / 2, (y0 + y1) / 2), o.text, fill=ink, font=font, anchor="mm")
+            draw_digit(draw, o.text, (x0 + m + 1, y0 + m + 1, x1 - m, y1 - m), ink)
     elif o.shape == "circle":
         draw.ellipse(o.bbox, fill=fill)
     elif o.shape == "square":
