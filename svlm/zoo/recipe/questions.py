@@ -11,6 +11,7 @@ from transformers.processing_utils import ProcessorMixin
 from svlm.data import shapes
 from svlm.data.prompts import SHORT_ANSWER, build_conversation, with_instruction
 from svlm.zoo.recipe import scenes_task
+from svlm.zoo.recipe.question_mix import pick_by_type, weighted_types
 
 
 def _templates() -> dict[str, Any]:
@@ -73,24 +74,12 @@ def derived_questions(
 
     own = (sample["question"], sample["answer"])
     out = [own] if only is None or question_type(own[0]) in only else []
-    seen = {sample["question"]}
-    weights = type_weights or {}
-    kept = [q for q in shapes.QUESTION_TYPES if only is None or q in only]
-    types = [q for q in kept for _ in range(weights.get(q, 1))]
-    start = rng.randrange(len(types))
-    tries = 0
-    while len(out) < k and tries < 20 * k:
-        qtype = types[(start + tries) % len(types)]
-        tries += 1
-        answers = sorted(by_type[qtype])
-        if not answers:
-            continue
-        questions = [q for q in by_type[qtype][rng.choice(answers)] if q not in seen]
-        if not questions:
-            continue
-        q = rng.choice(sorted(questions))
-        seen.add(q)
-        out.append((q, next(a for a, qs in by_type[qtype].items() if q in qs)))
+    types = weighted_types(shapes.QUESTION_TYPES, type_weights, only)
+    for qtype in by_type:
+        for questions in by_type[qtype].values():
+            questions.sort()
+    picked = pick_by_type(by_type, types, k - len(out), rng, {sample["question"]}, str, max_tries=20 * k)
+    out += [(q, answer) for answer, q in picked]
     return out or [own]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from svlm.data import scenes
+from svlm.zoo.recipe.question_mix import pick_by_type, weighted_types
 
 SHAPE_CLASSES: tuple[str, ...] = (*scenes.SHAPES, scenes.CARD)
 COLOR_CLASSES: tuple[str, ...] = tuple(scenes.COLORS)
@@ -79,25 +80,12 @@ def derived_questions(
     stash[sample["question"]] = list(sample["evidence"])
     own = (sample["question"], sample["answer"])
     out = [own] if only is None or sample["question_type"] in only else []
+    types = weighted_types(scenes.QUESTION_TYPES, type_weights, only)
     seen = {sample["question"]}
-    weights = type_weights or {}
-    kept = [t for t in scenes.QUESTION_TYPES if only is None or t in only]
-    types = [t for t in kept for _ in range(weights.get(t, 1))]
-    start = rng.randrange(len(types))
-    tries = 0
-    while len(out) < k and tries < 20 * k:
-        qtype = types[(start + tries) % len(types)]
-        tries += 1
-        answers = sorted(by_type[qtype])
-        if not answers:
-            continue
-        options = [q for q in by_type[qtype][rng.choice(answers)] if q.question not in seen]
-        if not options:
-            continue
-        q = options[rng.randrange(len(options))]
-        seen.add(q.question)
+    picked = pick_by_type(by_type, types, k - len(out), rng, seen, lambda q: q.question, max_tries=20 * k)
+    for _, q in picked:
         stash[q.question] = list(q.evidence)
-        out.append((q.question, q.answer))
+    out += [(q.question, q.answer) for _, q in picked]
     return out or [own]
 
 
