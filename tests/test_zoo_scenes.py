@@ -12,7 +12,7 @@ from svlm.data import scenes
 from svlm.zoo import train_default as recipe
 from svlm.zoo.recipe import scenes_task
 from svlm.zoo.recipe.batches import training_sample
-from svlm.zoo.recipe.labels import digit_labels, patch_labels
+from svlm.zoo.recipe.labels import digit_labels, patch_labels, size_labels
 
 SCENES_SMOKE = {**recipe.SCENES, **recipe.SMOKE, "image_size": 224, "train_visual_tokens": 64}
 
@@ -58,6 +58,17 @@ def test_cards_get_their_class_and_digit():
     assert set(digits[on_card].tolist()) <= written and set(digits[~on_card].tolist()) == {0}
 
 
+def test_shapes_get_their_size_and_cards_none():
+    sample = _sample(5)
+    shape_y, _ = patch_labels(sample, 224, 336)
+    sizes = size_labels(sample, 224, 336)
+    card_class = scenes_task.SHAPE_CLASSES.index(scenes.CARD) + 1
+    assert set(sizes[shape_y == card_class].tolist()) == {-100} and set(sizes[shape_y == 0].tolist()) == {0}
+    on_shape = (shape_y > 0) & (shape_y != card_class)
+    named = {scenes_task.SIZE_CLASSES.index(o["size"]) + 1 for o in sample["objects"] if o["shape"] != "card"}
+    assert set(sizes[on_shape].tolist()) == named == {1, 2}
+
+
 def test_training_drop_keeps_the_asked_objects_first():
     cfg = recipe.RecipeConfig(**{**SCENES_SMOKE, "train_visual_tokens": 40})
     sample = _sample(7)
@@ -83,4 +94,18 @@ def test_smoke_run_trains_and_evaluates_on_scenes(tmp_path):
     assert log["config"]["benchmark"] == "scenes"
     assert set(log["test_dense"]) >= {"all", "num_samples"} and log["test_dense"]["num_samples"] == 4
     assert any("card_patch_digit_acc" in entry for entry in log["vision_pretraining"])
+    assert any("shape_patch_size_acc" in entry for entry in log["vision_pretraining"])
+    assert any("centre_size_word_acc" in entry for entry in log["projector_alignment"])
     assert (tmp_path / "model.safetensors").is_file()
+
+    # a later run starts from this run's tower (and projector, same shapes): stages 1 and 1b are skipped
+    again = recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path)}))
+    assert again["vision_pretraining"] == [] and again["projector_alignment"] == []
+    wider = recipe.train(
+        recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path), "hidden_size": 96})
+    )
+    assert wider["vision_pretraining"] == [] and wider["projector_alignment"]  # the projector must be aligned
+    with pytest.raises(ValueError, match="does not fit"):
+        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path), "vision_layers": 2}))
+    with pytest.raises(FileNotFoundError, match="not a folder saved by the recipe"):
+        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path / "nothing")}))

@@ -18,7 +18,7 @@ from svlm.data import scenes, shapes
 from svlm.zoo.recipe import scenes_task
 from svlm.zoo.recipe.batches import training_sample
 from svlm.zoo.recipe.config import RecipeConfig
-from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, digit_labels, patch_labels
+from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, digit_labels, patch_labels, size_labels
 from svlm.zoo.recipe.vision import VISION_MAX_OBJECTS, _log_window
 
 ALIGN_BACKGROUND_WORD = "background"  # the word background tokens are pulled towards
@@ -67,6 +67,8 @@ def align_projector(
     groups = dict(ALIGN_WORD_GROUPS)
     if cfg.benchmark == "scenes":
         groups["digit"] = (ALIGN_BACKGROUND_WORD, *scenes.DIGITS)
+        if cfg.size_loss_weight > 0:
+            groups["size"] = (ALIGN_BACKGROUND_WORD, *scenes_task.SIZE_CLASSES)
     words = {
         group: torch.nn.functional.normalize(embed[word_token_ids(tokenizer, names)], dim=-1)
         for group, names in groups.items()
@@ -81,7 +83,7 @@ def align_projector(
     window: list[dict[str, float]] = []
     start = time.perf_counter()
     for step in range(cfg.align_steps):
-        images, shape_y, color_y, count_y, digit_y = [], [], [], [], []
+        images, shape_y, color_y, count_y, digit_y, size_y = [], [], [], [], [], []
         for i in range(step * cfg.align_batch_size, (step + 1) * cfg.align_batch_size):
             # another far range of the train split than stage 1's and stage 2's images
             fewest = 2 if cfg.benchmark == "shapes" else 8
@@ -91,6 +93,9 @@ def align_projector(
             if "digit" in words:  # cards are named by their digit (the word "card" is two tokens)
                 s = torch.where(s == len(scenes_task.SHAPE_CLASSES), -100, s)
                 digit_y.append(digit_labels(sample, cfg.image_size, cfg.data_image_size))
+            if "size" in words:  # the size word at each shape's centre token, like its shape word
+                z = size_labels(sample, cfg.image_size, cfg.data_image_size)
+                size_y.append(torch.where((s > 0) | (z <= 0), z, -100))
             images.append(sample["image"])
             shape_y.append(s)
             color_y.append(c)
@@ -111,6 +116,12 @@ def align_projector(
             dy = torch.cat(digit_y)
             digit_logits = ALIGN_SCALE * tokens @ words["digit"].T
             loss = loss + (ce(digit_logits, dy, reduction="none") * torch.where(dy > 0, 10.0, 1.0)).mean()
+        if size_y:
+            zy = torch.cat(size_y)
+            size_logits = ALIGN_SCALE * tokens @ words["size"].T
+            loss = loss + (ce(size_logits, zy, reduction="none") * torch.where(zy > 0, 5.0, 1.0)).sum() / max(
+                1, int((zy >= 0).sum())
+            )
         if cfg.align_cells:
             n = len(images)
             loss = loss + ce(ALIGN_SCALE * tokens @ words["row"].T, row_y.repeat(n))
@@ -143,6 +154,11 @@ def align_projector(
                 card = dy > 0
                 window[-1]["card_digit_word_acc"] = float(
                     (digit_logits[card].argmax(-1) == dy[card]).float().mean()
+                )
+            if size_y:
+                sized = zy > 0
+                window[-1]["centre_size_word_acc"] = float(
+                    (size_logits[sized].argmax(-1) == zy[sized]).float().mean()
                 )
             if cfg.align_counts:
                 window[-1]["object_count_word_acc"] = float(

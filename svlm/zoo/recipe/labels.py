@@ -109,6 +109,13 @@ def digit_labels(sample: dict, image_size: int, data_image_size: int) -> torch.T
     return scenes_task.digit_labels(owner, on, sample)
 
 
+def size_labels(sample: dict, image_size: int, data_image_size: int) -> torch.Tensor:
+    """svlm-scenes: per visual token, 1 + the size class of the shape covering it, 0 elsewhere, -100 on
+    cards (the words "small"/"large" in "What color is the small star?")."""
+    owner, on = owners(sample, image_size, data_image_size)
+    return scenes_task.size_labels(owner, on, sample)
+
+
 def scene_labels(sample: dict) -> torch.Tensor:
     """The image's scene summary: how many objects of each colour it holds, as a class per colour of
     ``shapes.COLORS`` (0, 1, 2, 3 = three or more)."""

@@ -19,6 +19,8 @@ from svlm.zoo.recipe.question_mix import pick_by_type, weighted_types
 SHAPE_CLASSES: tuple[str, ...] = (*scenes.SHAPES, scenes.CARD)
 COLOR_CLASSES: tuple[str, ...] = tuple(scenes.COLORS)
 DIGIT_CLASSES = len(scenes.DIGITS)
+#: size classes of shapes (cards have their own size and are left out of the size head)
+SIZE_CLASSES: tuple[str, ...] = tuple(scenes.SIZES)
 
 
 def is_scenes(sample: dict) -> bool:
@@ -59,6 +61,16 @@ def digit_labels(owner: torch.Tensor, on: torch.Tensor, sample: dict) -> torch.T
         [int(o["text"]) + 1 if o["shape"] == scenes.CARD else 0 for o in sample["objects"]], dtype=torch.long
     )
     return torch.where(on, digits[owner], 0) if len(digits) else torch.zeros_like(owner)
+
+
+def size_labels(owner: torch.Tensor, on: torch.Tensor, sample: dict) -> torch.Tensor:
+    """Per visual token: 1 + the size class of the shape covering it ("small", "large"), 0 on background,
+    -100 (ignored) on cards."""
+    sizes = torch.tensor(
+        [-100 if o["shape"] == scenes.CARD else SIZE_CLASSES.index(o["size"]) + 1 for o in sample["objects"]],
+        dtype=torch.long,
+    )
+    return torch.where(on, sizes[owner], 0) if len(sizes) else torch.zeros_like(owner)
 
 
 def derived_questions(

@@ -55,8 +55,11 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             word_token_ids(processor.tokenizer, names)
     start = time.perf_counter()
     torch.set_num_threads(cfg.vision_threads)
-    vision_log = pretrain_vision(model, processor, cfg) if cfg.vision_steps > 0 else []
-    align_log = align_projector(model, processor, cfg) if cfg.align_steps > 0 else []
+    loaded = load_tower(model, cfg.tower_from) if cfg.tower_from else set()
+    run_vision = cfg.vision_steps > 0 and "vision_tower" not in loaded
+    vision_log = pretrain_vision(model, processor, cfg) if run_vision else []
+    run_align = cfg.align_steps > 0 and "projector" not in loaded
+    align_log = align_projector(model, processor, cfg) if run_align else []
     torch.set_num_threads(cfg.threads)
     if cfg.vision_lr_scale == 0:
         model.model.vision_tower.requires_grad_(False)
@@ -162,6 +165,29 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     if output_dir is not None:
         save(model, processor, log, output_dir)
     return log
+
+
+def load_tower(model: PreTrainedModel, path: str | Path) -> set[str]:
+    """Copy the vision tower (and the projector, when its shapes fit) of the recipe model saved at ``path``
+    into ``model``; returns what was loaded ({"vision_tower", "projector"})."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"tower_from: {str(path)!r} is not a folder saved by the recipe (no config.json)"
+        )
+    saved = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).model
+    loaded: set[str] = set()
+    for part in ("vision_tower", "multi_modal_projector"):
+        own, theirs = getattr(model.model, part).state_dict(), getattr(saved, part).state_dict()
+        if theirs.keys() == own.keys() and all(theirs[k].shape == own[k].shape for k in own):
+            getattr(model.model, part).load_state_dict(theirs)
+            loaded.add("projector" if part == "multi_modal_projector" else part)
+        elif part == "vision_tower":
+            raise ValueError(
+                f"tower_from: the vision tower saved in {str(path)!r} does not fit this model's options"
+            )
+    return loaded
 
 
 def save(

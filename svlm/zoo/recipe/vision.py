@@ -18,7 +18,14 @@ from svlm.data import shapes
 from svlm.zoo.recipe import scenes_task
 from svlm.zoo.recipe.batches import training_sample
 from svlm.zoo.recipe.config import SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES, RecipeConfig
-from svlm.zoo.recipe.labels import cell_labels, colour_count_labels, digit_labels, patch_labels, scene_labels
+from svlm.zoo.recipe.labels import (
+    cell_labels,
+    colour_count_labels,
+    digit_labels,
+    patch_labels,
+    scene_labels,
+    size_labels,
+)
 
 #: scenes per stage-1 image: up to a full svlm-shapes grid, or 20 svlm-scenes objects
 VISION_MAX_OBJECTS = {"shapes": 9, "scenes": 20}
@@ -44,7 +51,12 @@ def pretrain_vision(
     n_count = VISION_COUNT_CLASSES if cfg.count_loss_weight > 0 else 0
     n_scene = len(shapes.COLORS) * SCENE_COUNT_CLASSES if cfg.scene_loss_weight > 0 else 0
     n_digit = scenes_task.DIGIT_CLASSES + 1 if cfg.benchmark == "scenes" and cfg.digit_loss_weight > 0 else 0
-    head = torch.nn.Linear(cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene + n_digit)
+    n_size = (
+        len(scenes_task.SIZE_CLASSES) + 1 if cfg.benchmark == "scenes" and cfg.size_loss_weight > 0 else 0
+    )
+    head = torch.nn.Linear(
+        cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene + n_digit + n_size
+    )
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
@@ -55,7 +67,7 @@ def pretrain_vision(
     start = time.perf_counter()
     tower.train()
     for step in range(cfg.vision_steps):
-        images, shape_y, color_y, count_y, scene_y, digit_y = [], [], [], [], [], []
+        images, shape_y, color_y, count_y, scene_y, digit_y, size_y = [], [], [], [], [], [], []
         for i in range(step * cfg.vision_batch_size, (step + 1) * cfg.vision_batch_size):
             # sample indices from the far end of the train split, so stage 2 sees other images
             sample = training_sample(
@@ -66,6 +78,8 @@ def pretrain_vision(
             )
             if n_digit:
                 digit_y.append(digit_labels(sample, cfg.image_size, cfg.data_image_size))
+            if n_size:
+                size_y.append(size_labels(sample, cfg.image_size, cfg.data_image_size))
             centre_only = step < cfg.shape_dense_from * cfg.vision_steps
             s, c = patch_labels(sample, cfg.image_size, cfg.data_image_size, centre_only, part_label)
             images.append(sample["image"])
@@ -104,11 +118,18 @@ def pretrain_vision(
             loss = loss + cfg.scene_loss_weight * ce(scene_logits, scene_targets)
         if n_digit:  # svlm-scenes: each card's digit at its patches (cards cover ~2% of the patches)
             dy = torch.cat(digit_y)
-            digit_logits = logits[:, count_at + n_count + n_scene :]
+            digit_logits = logits[:, count_at + n_count + n_scene : count_at + n_count + n_scene + n_digit]
             card = dy > 0
             digit_weight = torch.where(card, 10.0, 1.0)
             loss = (
                 loss + cfg.digit_loss_weight * (ce(digit_logits, dy, reduction="none") * digit_weight).mean()
+            )
+        if n_size:  # svlm-scenes: small or large at every shape patch
+            zy = torch.cat(size_y)
+            size_logits = logits[:, logits.shape[1] - n_size :]
+            size_weight = torch.where(zy > 0, 5.0, 1.0)
+            loss = loss + cfg.size_loss_weight * (
+                (ce(size_logits, zy, reduction="none") * size_weight).sum() / size_weight[zy >= 0].sum()
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,6 +150,9 @@ def pretrain_vision(
                 metrics["object_patch_count_acc"] = (count_logits[obj].argmax(-1) == ny[obj]).float().mean()
             if n_digit:
                 metrics["card_patch_digit_acc"] = (digit_logits[card].argmax(-1) == dy[card]).float().mean()
+            if n_size:
+                sized = zy > 0
+                metrics["shape_patch_size_acc"] = (size_logits[sized].argmax(-1) == zy[sized]).float().mean()
             if n_scene:
                 metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
             window.append({k: float(v) for k, v in metrics.items()})
