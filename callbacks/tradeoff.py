@@ -12,7 +12,15 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from svlm.results import POINT_COLUMNS, atomic_open, atomic_write_csv, atomic_write_json, csv_columns
+from svlm.callbacks.markdown import tradeoff_markdown
+from svlm.results import (
+    POINT_COLUMNS,
+    atomic_open,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    csv_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +293,8 @@ def place_labels(
 
 
 class TradeoffCurve(Callback):
-    """Write the trade-off of all evaluated strategy points: ``tradeoff.csv``, ``tradeoff.json`` and a PNG.
+    """Write the trade-off of all evaluated strategy points: ``tradeoff.csv``, ``tradeoff.json``,
+    ``tradeoff.md`` (a Markdown table with accuracy per question type) and a PNG.
 
     Reads ``pl_module.points`` (one dict per strategy point, see :class:`svlm.module.VLMEvaluator`) at the end
     of ``test`` and after each validation run during ``fit``. Files are written atomically, so an interrupted
@@ -293,7 +302,7 @@ class TradeoffCurve(Callback):
 
     Args:
         dirpath: Folder for the files. Defaults to the trainer's ``default_root_dir`` (e.g. ``results/demo``).
-        filename: Stem of the files (``<filename>.csv``, ``.json``, ``.png``).
+        filename: Stem of the files (``<filename>.csv``, ``.json``, ``.md``, ``.png``).
         metric: Point key plotted on the y axis and used for the Pareto front. Defaults to ``"accuracy"``,
             which the evaluator fills with the benchmark's main metric; one of :data:`PLOT_METRICS`, or
             ``metric/<name>`` / ``relative/<name>`` for any metric of the benchmark (the columns of
@@ -349,6 +358,7 @@ class TradeoffCurve(Callback):
                     "points": points,
                 },
             ),
+            "md": atomic_write_text(out / f"{self.filename}.md", tradeoff_markdown(points)),
         }
         numeric = [
             k for k in dict.fromkeys(k for p in points for k in p) if any(_finite(p.get(k)) for p in points)

@@ -83,12 +83,33 @@ def test_pareto_front_edge_cases():
     assert pareto_front([], x="x", y="y") == []
 
 
+def test_markdown_table_has_a_column_per_question_type():
+    from svlm.callbacks.markdown import question_types, tradeoff_markdown
+
+    points = [
+        {"label": "dense", "budget": 576.0, "flops_ratio": 1.0, "accuracy": 0.9, "relative_accuracy": 1.0,
+         "main_metric": "exact_match", "metric/exact_match/color": 1.0, "metric/exact_match/text": 0.8,
+         "samples": 10, "model": "m", "benchmark": "scenes"},
+        {"label": "random-64", "budget": 64.0, "flops_ratio": 0.27, "accuracy": 0.5,
+         "relative_accuracy": 0.556, "main_metric": "exact_match", "metric/exact_match/color": 0.25, "metric/exact_match/count": None},
+    ]  # fmt: skip
+    assert question_types(points) == ["color", "text", "count"]
+    lines = tradeoff_markdown(points).splitlines()
+    assert (
+        lines[0] == "| point | budget | FLOPs ratio | accuracy | relative accuracy | color | text | count |"
+    )
+    assert lines[2] == "| dense | 576.0 | 1.000 | 0.900 | 1.000 | 1.00 | 0.80 | - |"
+    assert lines[3] == "| random-64 | 64.0 | 0.270 | 0.500 | 0.556 | 0.25 | - | - |"
+    assert lines[-1] == "10 samples of scenes, model m, metric exact_match."
+
+
 def test_tradeoff_writes_csv_json_png(tmp_path):
     logger = _Logger()
     cb = TradeoffCurve()
     module = SimpleNamespace(points=POINTS)
     paths = cb.write(_trainer(tmp_path, [logger]), module)
-    assert set(paths) == {"csv", "json", "png"}
+    assert set(paths) == {"csv", "json", "md", "png"}
+    assert (tmp_path / "tradeoff.md").read_text().startswith("| point | budget |")
 
     with open(tmp_path / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
@@ -127,7 +148,7 @@ def test_tradeoff_nan_and_custom_dir(tmp_path):
     pts[1]["accuracy"] = math.nan
     cb = TradeoffCurve(dirpath=str(tmp_path / "out"), filename="curve", plot=False)
     paths = cb.write(_trainer(tmp_path), SimpleNamespace(points=pts))
-    assert set(paths) == {"csv", "json"}
+    assert set(paths) == {"csv", "json", "md"}
     data = json.loads((tmp_path / "out" / "curve.json").read_text())
     assert data["points"][1]["accuracy"] is None  # strict JSON: NaN -> null
 
