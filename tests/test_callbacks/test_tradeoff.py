@@ -91,7 +91,8 @@ def test_markdown_table_has_a_column_per_question_type():
          "main_metric": "exact_match", "metric/exact_match/color": 1.0, "metric/exact_match/text": 0.8,
          "samples": 10, "model": "m", "benchmark": "scenes"},
         {"label": "random-64", "budget": 64.0, "flops_ratio": 0.27, "accuracy": 0.5,
-         "relative_accuracy": 0.556, "main_metric": "exact_match", "metric/exact_match/color": 0.25, "metric/exact_match/count": None},
+         "relative_accuracy": 0.556, "main_metric": "exact_match", "metric/exact_match/color": 0.25,
+         "metric/exact_match/count": None},
     ]  # fmt: skip
     assert question_types(points) == ["color", "text", "count"]
     lines = tradeoff_markdown(points).splitlines()
