@@ -98,14 +98,16 @@ def test_smoke_run_trains_and_evaluates_on_scenes(tmp_path):
     assert any("centre_size_word_acc" in entry for entry in log["projector_alignment"])
     assert (tmp_path / "model.safetensors").is_file()
 
-    # a later run starts from this run's tower (and projector, same shapes): stages 1 and 1b are skipped
-    again = recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path)}))
+    # a later run starts from this run's model (same shapes): stages 1 and 1b are skipped, stage 2 goes on
+    # from the saved decoder
+    again = recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path), "steps": 0}))
     assert again["vision_pretraining"] == [] and again["projector_alignment"] == []
+    assert again["test_dense"] == log["test_dense"]  # no step taken: the saved model, evaluated again
     wider = recipe.train(
-        recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path), "hidden_size": 96})
+        recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path), "hidden_size": 96})
     )
     assert wider["vision_pretraining"] == [] and wider["projector_alignment"]  # the projector must be aligned
     with pytest.raises(ValueError, match="does not fit"):
-        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path), "vision_layers": 2}))
+        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path), "vision_layers": 2}))
     with pytest.raises(FileNotFoundError, match="not a folder saved by the recipe"):
-        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "tower_from": str(tmp_path / "nothing")}))
+        recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path / "nothing")}))

@@ -133,10 +133,11 @@ class RecipeConfig:
     # CPU threads of stage 1 and stage 2 (as in the shipped run: other counts change floating-point sums)
     vision_threads: int = 2
     threads: int = 2
-    # a saved recipe model whose vision tower (stage 1's result) this run starts from instead of running stage
-    # 1, and whose projector too when its shapes fit (then stage 1b is skipped as well): for iterating on the
-    # later stages ("" runs every stage)
-    tower_from: str = ""
+    # a saved recipe model this run starts from: its vision tower (stage 1 is skipped), its projector when the
+    # shapes fit (stage 1b is skipped too) and its decoder when it fits as well (stage 2 then continues
+    # training it, with a fresh optimizer and this run's schedule): to iterate on later stages, or to train a
+    # model further in another session ("" runs every stage from scratch)
+    init_from: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -55,7 +55,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             word_token_ids(processor.tokenizer, names)
     start = time.perf_counter()
     torch.set_num_threads(cfg.vision_threads)
-    loaded = load_tower(model, cfg.tower_from) if cfg.tower_from else set()
+    loaded = load_parts(model, cfg.init_from) if cfg.init_from else set()
     run_vision = cfg.vision_steps > 0 and "vision_tower" not in loaded
     vision_log = pretrain_vision(model, processor, cfg) if run_vision else []
     run_align = cfg.align_steps > 0 and "projector" not in loaded
@@ -167,26 +167,40 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     return log
 
 
-def load_tower(model: PreTrainedModel, path: str | Path) -> set[str]:
-    """Copy the vision tower (and the projector, when its shapes fit) of the recipe model saved at ``path``
-    into ``model``; returns what was loaded ({"vision_tower", "projector"})."""
+#: the parts of a recipe model `load_parts` copies, by attribute of ``model.model`` (the LM head is tied or
+#: travels with the decoder)
+PARTS: dict[str, str] = {
+    "vision_tower": "vision_tower",
+    "projector": "multi_modal_projector",
+    "decoder": "language_model",
+}
+
+
+def load_parts(model: PreTrainedModel, path: str | Path) -> set[str]:
+    """Copy the parts of the recipe model saved at ``path`` whose shapes fit into ``model``: the vision tower
+    (required), the projector, and the decoder with the LM head; returns the names loaded (`PARTS`)."""
     from transformers import LlavaForConditionalGeneration
 
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
-            f"tower_from: {str(path)!r} is not a folder saved by the recipe (no config.json)"
+            f"init_from: {str(path)!r} is not a folder saved by the recipe (no config.json)"
         )
-    saved = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).model
+    saved = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     loaded: set[str] = set()
-    for part in ("vision_tower", "multi_modal_projector"):
-        own, theirs = getattr(model.model, part).state_dict(), getattr(saved, part).state_dict()
+    for part, attribute in PARTS.items():
+        own, theirs = (
+            getattr(model.model, attribute).state_dict(),
+            getattr(saved.model, attribute).state_dict(),
+        )
         if theirs.keys() == own.keys() and all(theirs[k].shape == own[k].shape for k in own):
-            getattr(model.model, part).load_state_dict(theirs)
-            loaded.add("projector" if part == "multi_modal_projector" else part)
+            getattr(model.model, attribute).load_state_dict(theirs)
+            loaded.add(part)
         elif part == "vision_tower":
             raise ValueError(
-                f"tower_from: the vision tower saved in {str(path)!r} does not fit this model's options"
+                f"init_from: the vision tower saved in {str(path)!r} does not fit this model's options"
             )
+    if "decoder" in loaded:
+        model.lm_head.load_state_dict(saved.lm_head.state_dict())
     return loaded
 
 
