@@ -84,7 +84,13 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
     """`python -m svlm.zoo.train_default` with no options is the command that built the shipped weights."""
     log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
     # options added since (svlm-scenes support) whose defaults leave an svlm-shapes run as it was
-    added = {"benchmark": "shapes", "digit_loss_weight": 1.0, "size_loss_weight": 0.0, "init_from": ""}
+    added = {
+        "benchmark": "shapes",
+        "digit_loss_weight": 1.0,
+        "size_loss_weight": 0.0,
+        "init_from": "",
+        "device": "cpu",
+    }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()
     assert log["vision_pretraining"][-1]["step"] == log["config"]["vision_steps"]

@@ -79,6 +79,22 @@ def test_training_drop_keeps_the_asked_objects_first():
     assert {centres[i] for i in asked} <= keep
 
 
+def test_device_option_is_checked_and_batches_move_whole():
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        recipe.check_config(recipe.RecipeConfig(**{**SCENES_SMOKE, "device": "gpu"}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available: this machine has 0 CUDA"):
+            recipe.check_config(recipe.RecipeConfig(**{**SCENES_SMOKE, "device": "cuda"}))
+    cfg = recipe.RecipeConfig(**SCENES_SMOKE)
+    _, processor = recipe.build_model(cfg)
+    batch = recipe.train_batch(cfg, processor, 0)
+    moved = batch.to("meta")  # every tensor of the batch and of its layout goes along
+    tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)]
+    tensors += [v for v in vars(moved.layout).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) >= 10 and all(t.device.type == "meta" for t in tensors)
+    assert batch.input_ids.device.type == "cpu" and moved.question_types == batch.question_types
+
+
 def test_command_line_scenes_defaults_and_bad_values():
     cfg, _ = recipe.parse_args(["--benchmark", "scenes", "--steps", "7"])
     assert cfg.benchmark == "scenes" and cfg.image_size == 336 and cfg.steps == 7

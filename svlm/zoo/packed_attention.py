@@ -53,6 +53,15 @@ class PackedLayout:
         causal = torch.ones(longest, longest, dtype=torch.bool).tril()
         return cls(prefix_len, index, valid, (causal & valid[..., None, :]).unsqueeze(2))
 
+    def to(self, device: torch.device | str) -> PackedLayout:
+        """The same layout with its index tensors on ``device`` (the one the hidden states live on)."""
+        return PackedLayout(
+            self.prefix_len,
+            self.branch_index.to(device),
+            self.branch_valid.to(device),
+            self.own_mask.to(device),
+        )
+
 
 _ACTIVE: list[PackedLayout] = []
 

@@ -73,8 +73,11 @@ def align_projector(
         group: torch.nn.functional.normalize(embed[word_token_ids(tokenizer, names)], dim=-1)
         for group, names in groups.items()
     }
-    cells = cell_labels(cfg.image_size)
-    edge_class = torch.tensor([1, 0, 2])  # first band -> top/left, middle -> background, last -> bottom/right
+    device = embed.device
+    cells = cell_labels(cfg.image_size).to(device)
+    edge_class = torch.tensor(
+        [1, 0, 2], device=device
+    )  # first band -> top/left, middle -> background, last -> bottom/right
     row_y, column_y = edge_class[cells // shapes.GRID], edge_class[cells % shapes.GRID]
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.align_lr, weight_decay=0.0)
@@ -100,7 +103,7 @@ def align_projector(
             shape_y.append(s)
             color_y.append(c)
             count_y.append(torch.where(c > 0, colour_count_labels(sample, c) + 1, 0))  # 0: background
-        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"].to(device)
         with torch.no_grad():
             hidden = tower(pixel_values, output_hidden_states=True).hidden_states[
                 model.config.vision_feature_layer
@@ -108,16 +111,16 @@ def align_projector(
         tokens = torch.nn.functional.normalize(projector(hidden[:, 1:]).flatten(0, 1), dim=-1)
         colour_logits = ALIGN_SCALE * tokens @ words["colour"].T
         shape_logits = ALIGN_SCALE * tokens @ words["shape"].T
-        sy, cy = torch.cat(shape_y), torch.cat(color_y)
+        sy, cy = torch.cat(shape_y).to(device), torch.cat(color_y).to(device)
         weight = torch.where(cy > 0, 5.0, 1.0)  # objects cover ~10% of the patches, as in stage 1
         loss = (ce(colour_logits, cy, reduction="none") * weight).mean()
         loss = loss + (ce(shape_logits, sy, reduction="none") * weight).mean()
         if digit_y:
-            dy = torch.cat(digit_y)
+            dy = torch.cat(digit_y).to(device)
             digit_logits = ALIGN_SCALE * tokens @ words["digit"].T
             loss = loss + (ce(digit_logits, dy, reduction="none") * torch.where(dy > 0, 10.0, 1.0)).mean()
         if size_y:
-            zy = torch.cat(size_y)
+            zy = torch.cat(size_y).to(device)
             size_logits = ALIGN_SCALE * tokens @ words["size"].T
             loss = loss + (ce(size_logits, zy, reduction="none") * torch.where(zy > 0, 5.0, 1.0)).sum() / max(
                 1, int((zy >= 0).sum())
@@ -128,7 +131,7 @@ def align_projector(
             loss = loss + ce(ALIGN_SCALE * tokens @ words["column"].T, column_y.repeat(n))
         if cfg.align_counts:
             count_logits = ALIGN_SCALE * tokens @ words["count"].T
-            ny = torch.cat(count_y)
+            ny = torch.cat(count_y).to(device)
             loss = loss + (ce(count_logits, ny, reduction="none") * weight).mean()
         progress = step / max(1, cfg.align_steps)
         for group in opt.param_groups:

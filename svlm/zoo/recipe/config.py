@@ -133,6 +133,9 @@ class RecipeConfig:
     # CPU threads of stage 1 and stage 2 (as in the shipped run: other counts change floating-point sums)
     vision_threads: int = 2
     threads: int = 2
+    # where the model trains: "cpu" (the shipped runs) or "cuda" / "cuda:N"; data are drawn on the CPU either
+    # way, so a run is the same function of the seed (up to the kernels' floating-point sums)
+    device: str = "cpu"
     # a saved recipe model this run starts from: its vision tower (stage 1 is skipped), its projector when the
     # shapes fit (stage 1b is skipped too) and its decoder when it fits as well (stage 2 then continues
     # training it, with a fresh optimizer and this run's schedule): to iterate on later stages, or to train a
@@ -302,7 +305,22 @@ def check_config(cfg: RecipeConfig) -> None:
             f"train_visual_until must be a fraction of the steps in [0, 1], got {cfg.train_visual_until}"
         )
     parse_curriculum(cfg.curriculum, MOST_OBJECTS[cfg.benchmark])
+    check_device(cfg.device)
     check_architecture(cfg)
+
+
+def check_device(device: str) -> None:
+    """Raise ValueError naming a device the recipe cannot train on here."""
+    import torch
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda") or device not in ("cuda", *(f"cuda:{i}" for i in range(64))):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"device {device!r} is not available: this machine has {found} CUDA device(s)")
 
 
 def check_architecture(cfg: RecipeConfig) -> None:

@@ -49,6 +49,7 @@ def evaluate(
             for r in rows
         ]
         inputs = processor(images=[r["image"] for r in rows], text=prompts, padding=True, return_tensors="pt")
+        inputs = inputs.to(model.device)
         ids = runner.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )

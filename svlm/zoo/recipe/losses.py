@@ -82,7 +82,7 @@ def packed_loss(
                 terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
         loss = loss + attention_weight * torch.stack(terms).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
-    per_question = torch.zeros(int(batch.target_question.max()) + 1).index_add_(
+    per_question = torch.zeros(int(batch.target_question.max()) + 1, device=wrong.device).index_add_(
         0, batch.target_question, wrong
     )
     return loss, per_question == 0
@@ -107,7 +107,7 @@ def evidence_attention_loss(
     head_dim = attn.head_dim
     heads = attn.config.num_attention_heads
     cos, sin = position_embeddings
-    visual = torch.arange(batch.image_start, batch.image_start + n_visual)
+    visual = torch.arange(batch.image_start, batch.image_start + n_visual, device=hidden.device)
     q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
     # keys once per sequence (a sequence holds several supervised questions), then one row per question
     k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)

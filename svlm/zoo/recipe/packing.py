@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,15 @@ class PackedBatch:
     image_start: int = 0
     layout: PackedLayout | None = None  # prefix and branches, for the packed-branch attention
     visual_keep: torch.Tensor | None = None  # [b, k] the visual tokens kept (None: all)
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        """The batch with every tensor (and the layout) on ``device``: built on the CPU, moved once a step."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor | PackedLayout)
+        }
+        return dataclasses.replace(self, **moved)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Inputs of a plain forward with the dense 4-D mask (all visual tokens only)."""

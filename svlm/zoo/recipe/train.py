@@ -50,6 +50,8 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
     check_config(cfg)  # everything else, before stage 1's minutes
     model, processor = build_model(cfg)
+    device = torch.device(cfg.device)
+    model.to(device)
     if cfg.align_steps > 0:  # fail now rather than after stage 1
         for names in ALIGN_WORD_GROUPS.values():
             word_token_ids(processor.tokenizer, names)
@@ -97,7 +99,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     window_acc: dict[str, list[float]] = {}
     for step in range(cfg.steps):
         model.train()
-        batch = train_batch(cfg, processor, step)
+        batch = train_batch(cfg, processor, step).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step) * group["lr_scale"]
         loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight, keyword_layers)

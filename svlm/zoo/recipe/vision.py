@@ -54,14 +54,16 @@ def pretrain_vision(
     n_size = (
         len(scenes_task.SIZE_CLASSES) + 1 if cfg.benchmark == "scenes" and cfg.size_loss_weight > 0 else 0
     )
+    device = next(tower.parameters()).device
     head = torch.nn.Linear(
         cfg.vision_hidden_size, n_shape + n_color + n_cell + n_count + n_scene + n_digit + n_size
     )
     with torch.no_grad():
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
+    head.to(device)
     opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=cfg.vision_lr, weight_decay=0.0)
-    cells = cell_labels(cfg.image_size)
+    cells = cell_labels(cfg.image_size).to(device)
     history: list[dict[str, Any]] = []
     window: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -91,12 +93,12 @@ def pretrain_vision(
         for group in opt.param_groups:
             warm = min(1.0, (step + 1) / 50)
             group["lr"] = cfg.vision_lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"].to(device)
         hidden = tower(pixel_values, output_hidden_states=True).hidden_states[
             model.config.vision_feature_layer
         ]
         logits = head(hidden[:, 1:]).flatten(0, 1)
-        sy, cy = torch.cat(shape_y), torch.cat(color_y)
+        sy, cy = torch.cat(shape_y).to(device), torch.cat(color_y).to(device)
         obj = cy > 0
         # objects cover ~10% of the patches: weight them up so the tower does not settle for "background"
         weight = torch.where(obj, 5.0, 1.0)
@@ -105,7 +107,7 @@ def pretrain_vision(
         loss = loss + (ce(logits[:, n_shape : n_shape + n_color], cy, reduction="none") * weight).mean()
         cell_logits = logits[:, n_shape + n_color : n_shape + n_color + n_cell]
         loss = loss + cfg.cell_loss_weight * ce(cell_logits, cells.repeat(len(images)))
-        ny = torch.cat(count_y)
+        ny = torch.cat(count_y).to(device)
         count_at = n_shape + n_color + n_cell
         count_logits = logits[:, count_at : count_at + n_count]
         if n_count:
@@ -114,10 +116,12 @@ def pretrain_vision(
             # every patch predicts the whole scene's summary
             scene_logits = logits[:, count_at + n_count : count_at + n_count + n_scene]
             scene_logits = scene_logits.reshape(-1, SCENE_COUNT_CLASSES)
-            scene_targets = torch.stack(scene_y).repeat_interleave(hidden.shape[1] - 1, 0).flatten()
+            scene_targets = (
+                torch.stack(scene_y).repeat_interleave(hidden.shape[1] - 1, 0).flatten().to(device)
+            )
             loss = loss + cfg.scene_loss_weight * ce(scene_logits, scene_targets)
         if n_digit:  # svlm-scenes: each card's digit at its patches (cards cover ~2% of the patches)
-            dy = torch.cat(digit_y)
+            dy = torch.cat(digit_y).to(device)
             digit_logits = logits[:, count_at + n_count + n_scene : count_at + n_count + n_scene + n_digit]
             card = dy > 0
             digit_weight = torch.where(card, 10.0, 1.0)
@@ -125,7 +129,7 @@ def pretrain_vision(
                 loss + cfg.digit_loss_weight * (ce(digit_logits, dy, reduction="none") * digit_weight).mean()
             )
         if n_size:  # svlm-scenes: small or large at every shape patch
-            zy = torch.cat(size_y)
+            zy = torch.cat(size_y).to(device)
             size_logits = logits[:, logits.shape[1] - n_size :]
             size_weight = torch.where(zy > 0, 5.0, 1.0)
             loss = loss + cfg.size_loss_weight * (
