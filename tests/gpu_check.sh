@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# svlm's GPU check, in one go, for a session lent a CUDA machine (about 5 minutes on an H200).
+# svlm's GPU check, in one go, for a session lent a CUDA machine (about 7 minutes on an H200).
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && bash tests/gpu_check.sh
@@ -12,6 +12,8 @@
 #                           (without pytest: device_check.json from python -m svlm.testing.device_check)
 #   selection_cost.json/.log selection time as a share of dense prefill (7B-shaped LLaVA, bf16, batch 1 and 8,
 #                           budgets 192/128/64) and the rows-attention kernel against its reference
+#   recipe.log              the zoo recipe with --device cuda: a smoke run, then 200 stage-2 steps of the
+#                           22-layer svlm-scenes model (seconds per step, to size a full run on the GPU)
 # Each step has its own time limit, so a slow step still leaves the others' results.
 set -u
 OUT="${OUT:-$PWD/gpu-check-out}"
@@ -50,3 +52,16 @@ fi
 timeout -s INT -k 15 "$COST_LIMIT" "$PY" -m svlm.selection_cost --out "$OUT" $COST_ARGS > "$OUT/selection_cost.log" 2>&1
 echo "selection_cost exit code: $?" | tee -a "$OUT/selection_cost.log"
 tail -n 60 "$OUT/selection_cost.log"
+
+# 3. the zoo recipe on the GPU (svlm-scenes): a smoke run end to end, then stage-2 speed of the full-size
+# 22-layer, 576-token model (log lines carry elapsed_s), to size a full training run on a lent GPU.
+RECIPE_LIMIT="${RECIPE_LIMIT:-120}"
+timeout -s INT -k 15 "$RECIPE_LIMIT" "$PY" -m svlm.zoo.train_default --benchmark scenes --smoke --device cuda \
+  --output-dir "$OUT/recipe-smoke" > "$OUT/recipe.log" 2>&1
+echo "recipe smoke (cuda) exit code: $?" | tee -a "$OUT/recipe.log"
+timeout -s INT -k 15 "$RECIPE_LIMIT" "$PY" -m svlm.zoo.train_default --benchmark scenes --device cuda \
+  --vision-steps 20 --align-steps 10 --steps 200 --eval-every 0 --eval-samples 8 --test-samples 0 \
+  --num-layers 22 --hidden-size 64 --num-heads 2 --intermediate-size 172 --attention-layers 5,8 \
+  --keyword-layers 1,3 --lead-steps 0 >> "$OUT/recipe.log" 2>&1
+echo "recipe speed probe (cuda) exit code: $?" | tee -a "$OUT/recipe.log"
+grep -E '"step": (100|200),' "$OUT/recipe.log" | cut -c1-200
