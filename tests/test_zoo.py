@@ -90,6 +90,7 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "size_loss_weight": 0.0,
         "init_from": "",
         "device": "cpu",
+        "phrase_layers": "",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

@@ -47,6 +47,28 @@ def test_packed_key_words_fall_on_token_boundaries():
     assert len(batch.question_types) == sum(len(p) for p in qas)
 
 
+def test_phrase_supervision_points_at_the_words_naming_the_evidence():
+    """The answer position's phrase targets are exactly the tokens of "small star" in "What color is the small
+    star?", for every supervised question of a training batch."""
+    cfg = recipe.RecipeConfig(**SCENES_SMOKE)
+    _, processor = recipe.build_model(cfg)
+    batch = recipe.train_batch(cfg, processor, 0)
+    assert batch.phrase_rows is not None and len(batch.phrase_rows) > 0
+    tok = processor.tokenizer
+    phrases = []
+    for m in range(len(batch.phrase_rows)):
+        row, keys = int(batch.phrase_rows[m]), batch.phrase_key_cols[m][batch.phrase_valid[m]]
+        assert int(keys[-1]) == int(batch.phrase_query_cols[m])  # keys run up to the answer position
+        picked = batch.input_ids[row, keys[batch.phrase_targets[m][batch.phrase_valid[m]]]]
+        question = tok.decode(batch.input_ids[row, keys]).strip()
+        phrase = tok.decode(picked).strip()
+        assert phrase and phrase in question, (phrase, question)
+        phrases.append(phrase)
+    assert any(" " in p for p in phrases)  # several words ("small star", "red circles")
+    words = {*scenes.SIZES, *scenes.COLORS, *scenes.SHAPES, *scenes.PLURALS.values(), "card", "shape"}
+    assert all(set(p.split()) <= words for p in phrases), phrases  # the naming words, nothing else
+
+
 def test_cards_get_their_class_and_digit():
     sample = _sample(5)
     shape_y, colour_y = patch_labels(sample, 224, 336)

@@ -502,6 +502,15 @@ def _template_patterns() -> list[tuple[str, re.Pattern]]:
 _PATTERNS = _template_patterns()
 
 
+def phrase_start(question: str) -> int:
+    """Where the words naming the first evidence object begin in a templated question (0 for other text)."""
+    for _, pattern in _PATTERNS:
+        m = pattern.match(question.replace(" an orange", " a orange"))
+        if m:
+            return m.start("x")
+    return 0
+
+
 def parse_question(question: str) -> tuple[str, int]:
     """(question type, end of the words naming the first evidence object) of a templated question;
     ("other", len(question)) for any other text."""

@@ -93,6 +93,10 @@ class RecipeConfig:
     attention_weight: float = 1.0
     attention_layers: str = "4,6"  # queries at the position that predicts the answer
     keyword_layers: str = "1,2"  # queries at the question's key word ("What color is the circle?" -> circle)
+    # queries at the position that predicts the answer again, towards the question's words that name the
+    # evidence ("small star"): the answer position first gathers what to look for, then (attention_layers)
+    # looks for it; several words name one object in svlm-scenes ("" turns it off)
+    phrase_layers: str = ""
     # question types whose attention is supervised (leaving out "count" lets its answer live in how much
     # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
     attention_types: str = "color,shape,count,exist,position"
@@ -158,6 +162,7 @@ SCENES: dict[str, Any] = {
     "train_visual_tokens": 192,
     "vision_min_objects": 8,
     "size_loss_weight": 1.0,
+    "phrase_layers": "2,3",
     # RoPE base: with 32-dim heads and Llama's 10000 only 3-4 rotary pairs turn slowly enough to match a
     # visual token by content across the ~600 positions between an answer and the image's first tokens;
     # 8-layer probes of 400 steps: text questions 0.52 vs 0.29 teacher-forced with 1e6
@@ -180,6 +185,7 @@ SMOKE = {
     "vision_batch_size": 2,
     "attention_layers": "1",
     "keyword_layers": "0",
+    "phrase_layers": "1",
     "lead_steps": 1,
     "lead_start": 0,
     "align_steps": 2,
@@ -280,6 +286,7 @@ def check_config(cfg: RecipeConfig) -> None:
         raise ValueError(f"benchmark must be one of {sorted(QUESTION_TYPES)}, got {cfg.benchmark!r}")
     parse_layers(cfg.attention_layers, cfg.num_layers)
     parse_layers(cfg.keyword_layers, cfg.num_layers)
+    parse_layers(cfg.phrase_layers, cfg.num_layers)
     parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:

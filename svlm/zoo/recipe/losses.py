@@ -44,6 +44,7 @@ def packed_loss(
     attention_layers: Sequence[int] = (),
     attention_weight: float = 0.0,
     keyword_layers: Sequence[int] = (),
+    phrase_layers: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
     set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
@@ -53,6 +54,8 @@ def packed_loss(
         kinds_at.setdefault(index, set()).add(0)
     for index in keyword_layers:
         kinds_at.setdefault(index, set()).add(1)
+    for index in phrase_layers:
+        kinds_at.setdefault(index, set()).add(2)  # 2: the answer position towards the question's phrase
     supervise = attention_weight > 0 and batch.evidence_rows is not None and len(kinds_at) > 0
     captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
@@ -74,18 +77,46 @@ def packed_loss(
     if supervise:
         terms = []
         for i, kinds in kinds_at.items():
+            attn = model.model.language_model.layers[i].self_attn
             select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
-            for k in kinds:
+            for k in kinds - {2}:
                 select |= batch.evidence_kinds == k
             if bool(select.any()):
-                attn = model.model.language_model.layers[i].self_attn
                 terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
+            if 2 in kinds and batch.phrase_rows is not None:
+                terms.append(phrase_attention_loss(attn, *captured[i], batch))
         loss = loss + attention_weight * torch.stack(terms).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
     per_question = torch.zeros(int(batch.target_question.max()) + 1, device=wrong.device).index_add_(
         0, batch.target_question, wrong
     )
     return loss, per_question == 0
+
+
+def phrase_attention_loss(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+) -> torch.Tensor:
+    """-log of the attention mass that half of the layer's heads put on the words naming the evidence, among
+    the question branch's tokens, from the position that predicts the answer."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rows, cols, keys = batch.phrase_rows, batch.phrase_query_cols, batch.phrase_key_cols
+    head_dim, heads = attn.head_dim, attn.config.num_attention_heads
+    cos, sin = position_embeddings
+    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
+    k = attn.k_proj(hidden[rows[:, None], keys]).view(len(rows), keys.shape[1], -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
+    _, k = apply_rotary_pos_emb(k, k, cos[rows[:, None], keys], sin[rows[:, None], keys])
+    supervised = max(1, heads // 2)
+    k = k.repeat_interleave(heads // k.shape[1], dim=1)[:, :supervised]
+    scores = (q[:, :supervised] @ k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [n, h', L]
+    scores = scores.float().masked_fill(~batch.phrase_valid[:, None, :], float("-inf"))
+    logp = scores.log_softmax(-1)
+    mass = logp.masked_fill(~batch.phrase_targets[:, None, :], float("-inf")).logsumexp(-1)
+    return -mass.mean()
 
 
 def evidence_attention_loss(

@@ -11,7 +11,7 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.packed_attention import PackedLayout
-from svlm.zoo.recipe.questions import keyword_end, prompt_text, question_type
+from svlm.zoo.recipe.questions import keyword_end, phrase_start, prompt_text, question_type
 
 
 @dataclass
@@ -33,6 +33,13 @@ class PackedBatch:
     evidence_masks: torch.Tensor | None = None
     evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
     image_start: int = 0
+    # phrase supervision: per supervised question, its sequence, the answer position, the positions of its
+    # branch up to there [n, L] (padded, ``phrase_valid``) and which of them are the words naming the evidence
+    phrase_rows: torch.Tensor | None = None
+    phrase_query_cols: torch.Tensor | None = None
+    phrase_key_cols: torch.Tensor | None = None
+    phrase_valid: torch.Tensor | None = None
+    phrase_targets: torch.Tensor | None = None
     layout: PackedLayout | None = None  # prefix and branches, for the packed-branch attention
     visual_keep: torch.Tensor | None = None  # [b, k] the visual tokens kept (None: all)
 
@@ -85,11 +92,13 @@ def pack(
     prefix_lens: list[int] = []
     branches: list[list[tuple[int, int, int]]] = []
     keyword_cols: list[list[int]] = []
+    phrase_cols: list[list[int]] = []  # first token of the words naming the evidence, per branch
     for pairs in qas:
         prefix: list[int] | None = None
         ids: list[int] = []
         spans: list[tuple[int, int, int]] = []
         keywords: list[int] = []
+        phrases: list[int] = []
         for question, answer in pairs:
             prompt = tok(prompt_text(processor, question), add_special_tokens=True)["input_ids"]
             full = tok(prompt_text(processor, question) + " " + answer, add_special_tokens=True)["input_ids"]
@@ -110,18 +119,26 @@ def pack(
             if full[: len(head)] != head:
                 raise RuntimeError(f"the key word of {question!r} does not end on a token boundary")
             keywords.append(len(ids) + len(head) - 1 - cut)
+            # the tokens before the phrase (up to the space in front of it) end where its first token starts
+            before = tok(
+                text[: text.index(question) + max(0, phrase_start(question, benchmark) - 1)],
+                add_special_tokens=True,
+            )["input_ids"]
+            phrases.append(len(ids) + min(len(before), len(head) - 1) - cut)
             spans.append((len(ids), len(full) - cut, len(full) - len(prompt)))
             ids += full[cut:]
         seqs.append(ids)
         prefix_lens.append(len(prefix) - 1 + num_slots)
         branches.append(spans)
         keyword_cols.append(keywords)
+        phrase_cols.append(phrases)
     b, t = len(seqs), max(len(s) for s in seqs)
     input_ids = torch.full((b, t), tok.pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((b, t), dtype=torch.long)
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
     rows, cols, targets, owner = [], [], [], []
     ev_rows, ev_cols, ev_masks, ev_kinds = [], [], [], []
+    ph_rows, ph_query, ph_keys, ph_targets = [], [], [], []
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -139,6 +156,11 @@ def pack(
                     ev_cols.append(col)
                     ev_masks.append(evidence[i][k] if visual_keep is None else evidence[i][k][visual_keep[i]])
                     ev_kinds.append(kind)
+                answer_at = end - answer_len - 1
+                ph_rows.append(i)
+                ph_query.append(answer_at)
+                ph_keys.append(list(range(start, answer_at + 1)))
+                ph_targets.append([phrase_cols[i][k] <= c <= keyword_cols[i][k] for c in ph_keys[-1]])
             position_ids[i, start:end] = torch.arange(p, p + length) + dropped
             mask[i, 0, start:end, :p] = True
             mask[i, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
@@ -151,6 +173,14 @@ def pack(
         pad = torch.arange(len(ids), t)
         mask[i, 0, pad, pad] = True  # padding attends to itself only (no fully masked rows)
     pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    longest = max((len(k) for k in ph_keys), default=0)
+    ph_valid = torch.zeros(len(ph_keys), longest, dtype=torch.bool)
+    ph_key_cols = torch.zeros(len(ph_keys), longest, dtype=torch.long)
+    ph_target = torch.zeros(len(ph_keys), longest, dtype=torch.bool)
+    for m, (keys, hits) in enumerate(zip(ph_keys, ph_targets, strict=True)):
+        ph_valid[m, : len(keys)] = True
+        ph_key_cols[m, : len(keys)] = torch.tensor(keys)
+        ph_target[m, : len(keys)] = torch.tensor(hits)
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -167,6 +197,11 @@ def pack(
         evidence_masks=torch.stack(ev_masks) if ev_rows else None,
         evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
         image_start=image_start,
+        phrase_rows=torch.tensor(ph_rows) if ph_rows else None,
+        phrase_query_cols=torch.tensor(ph_query) if ph_rows else None,
+        phrase_key_cols=ph_key_cols if ph_rows else None,
+        phrase_valid=ph_valid if ph_rows else None,
+        phrase_targets=ph_target if ph_rows else None,
         layout=PackedLayout.from_spans(prefix_lens[0], [[(s, n) for s, n, _ in spans] for spans in branches]),
         visual_keep=visual_keep,
     )

@@ -118,6 +118,15 @@ def keyword_end(question: str, benchmark: str = "shapes") -> int:
     return len(question.rstrip("?"))
 
 
+def phrase_start(question: str, benchmark: str = "shapes") -> int:
+    """Where the words that name the evidence begin (their end is `keyword_end`): "What color is the small
+    star?" -> at "small" (svlm-shapes: the key word alone)."""
+    if benchmark == "scenes":
+        return scenes_task.phrase_start(question)
+    end = keyword_end(question, benchmark)
+    return question.rfind(" ", 0, end) + 1
+
+
 def evidence_objects(sample: dict, question: str) -> list[int]:
     """Indices of the objects a templated svlm-shapes question is about (empty when none is: a count of 0, a
     "no" to "Is there ...")."""

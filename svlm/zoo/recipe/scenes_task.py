@@ -115,3 +115,7 @@ def question_type(question: str) -> str:
 
 def keyword_end(question: str) -> int:
     return scenes.parse_question(question)[1]
+
+
+def phrase_start(question: str) -> int:
+    return scenes.phrase_start(question)

@@ -48,6 +48,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     torch.manual_seed(cfg.seed)
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
     keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
+    phrase_layers = parse_layers(cfg.phrase_layers, cfg.num_layers)
     check_config(cfg)  # everything else, before stage 1's minutes
     model, processor = build_model(cfg)
     device = torch.device(cfg.device)
@@ -102,7 +103,9 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         batch = train_batch(cfg, processor, step).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step) * group["lr_scale"]
-        loss, correct = packed_loss(model, batch, attention_layers, cfg.attention_weight, keyword_layers)
+        loss, correct = packed_loss(
+            model, batch, attention_layers, cfg.attention_weight, keyword_layers, phrase_layers
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
