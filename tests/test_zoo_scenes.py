@@ -149,3 +149,47 @@ def test_smoke_run_trains_and_evaluates_on_scenes(tmp_path):
         recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path), "vision_layers": 2}))
     with pytest.raises(FileNotFoundError, match="not a folder saved by the recipe"):
         recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "init_from": str(tmp_path / "nothing")}))
+
+
+# ------------------------------------------------------------------------------------- the shipped model
+
+
+def test_shipped_scenes_model_is_the_recipes_scenes_run():
+    """`python -m svlm.zoo.train_default --benchmark scenes` is the command that built svlm-scenes-llava, and
+    the README states its recorded test accuracy."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from svlm.models import zoo_path
+
+    path = Path(zoo_path("svlm-scenes-llava"))
+    log = json.loads((path / "training_log.json").read_text())
+    added = {"device": "cpu", "phrase_layers": ""}  # options added after the run, at their defaults
+    assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
+    assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
+    assert log["num_visual_tokens"] == 576 and log["test_dense"]["num_samples"] == 500
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"dense {log['test_dense']['all']:.3f}" in readme
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    assert 0 < weights < 20 * 1024 * 1024
+
+
+def test_shipped_scenes_model_reaches_budget_64_with_sparsevlm():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import svlm
+    from svlm.models import zoo_path
+
+    path = zoo_path("svlm-scenes-llava")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    assert model.config.text_config.num_hidden_layers == 22
+    samples = [scenes.generate_sample(i, "test") for i in range(2)]
+    prompts = [recipe.prompt_text(processor, s["question"]) for s in samples]
+    batch = processor(images=[s["image"] for s in samples], text=prompts, padding=True, return_tensors="pt")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 2 * 576
+    for name in ("sparsevlm", "fastv"):
+        sparse = svlm.sparsify(model, name, budget=64)
+        ids = sparse.generate(**batch, max_new_tokens=4, do_sample=False)
+        assert ids.shape[0] == 2 and sparse.last_report.budget == pytest.approx(64, abs=1)

@@ -9,6 +9,12 @@ checkpoint, or as ``zoo:svlm-shapes-llava`` in svlm's configs::
     path = svlm.zoo.default_model_path()
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
+
+``svlm-scenes-llava`` (``zoo:svlm-scenes-llava``, ``svlm.models.zoo_path("svlm-scenes-llava")``) is the
+same architecture at 336 px (576 visual tokens) with a 22-layer decoder, trained on svlm-scenes by
+``python -m svlm.zoo.train_default --benchmark scenes``. It has not learned that benchmark yet (see the
+README) and is shipped to run every strategy down to budget 64 offline and to be trained further
+(``--init-from``); it is not the default.
 """
 
 from __future__ import annotations
