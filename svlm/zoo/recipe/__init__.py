@@ -2,6 +2,7 @@
 
     python -m svlm.zoo.train_default --output-dir svlm/zoo/svlm-shapes-llava          # the shipped model
     python -m svlm.zoo.train_default --output-dir /tmp/smoke --smoke                     # a few seconds
+    python -m svlm.zoo.train_default --benchmark scenes --output-dir svlm/zoo/svlm-scenes-llava  # scenes
 
 The model is ``LlavaForConditionalGeneration``: a CLIP vision tower (224 px, 14-px patches: 256 visual
 tokens), the 2-layer MLP projector and an 8-layer Llama decoder, trained from scratch on the shapes *train*
