@@ -91,6 +91,8 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "init_from": "",
         "device": "cpu",
         "phrase_layers": "",
+        "readout_weight": 0.0,
+        "readout_types": "color,shape,text",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

@@ -97,6 +97,12 @@ class RecipeConfig:
     # evidence ("small star"): the answer position first gathers what to look for, then (attention_layers)
     # looks for it; several words name one object in svlm-scenes ("" turns it off)
     phrase_layers: str = ""
+    # readout supervision: weight of the cross-entropy of the answer's first token read, through the LM head,
+    # from what the supervised heads of `attention_layers` attend to (their share of the attention output),
+    # for the question types in `readout_types`, whose answer is an attribute of the evidence object: the
+    # heads that find the object must also carry its colour or digit to the answer (0 turns it off)
+    readout_weight: float = 0.0
+    readout_types: str = "color,shape,text"
     # question types whose attention is supervised (leaving out "count" lets its answer live in how much
     # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
     attention_types: str = "color,shape,count,exist,position"
@@ -304,6 +310,12 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_layers(cfg.keyword_layers, cfg.num_layers)
     parse_layers(cfg.phrase_layers, cfg.num_layers)
     parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
+    if cfg.readout_weight < 0:
+        raise ValueError(
+            f"readout_weight must be >= 0 (0 turns the readout loss off), got {cfg.readout_weight}"
+        )
+    if cfg.readout_weight > 0:
+        parse_question_types(cfg.readout_types, "readout_types", cfg.benchmark)
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")

@@ -45,6 +45,8 @@ def packed_loss(
     attention_weight: float = 0.0,
     keyword_layers: Sequence[int] = (),
     phrase_layers: Sequence[int] = (),
+    readout_weight: float = 0.0,
+    readout_types: frozenset[str] = frozenset(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
     set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
@@ -83,6 +85,14 @@ def packed_loss(
                 select |= batch.evidence_kinds == k
             if bool(select.any()):
                 terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
+            if 0 in kinds and readout_weight > 0:
+                read = (batch.evidence_kinds == 0) & torch.tensor(
+                    [batch.question_types[int(q)] in readout_types for q in batch.evidence_questions],
+                    device=batch.evidence_kinds.device,
+                )
+                if bool(read.any()):
+                    readout = evidence_readout_loss(model, attn, *captured[i], batch, read)
+                    terms.append(readout * (readout_weight / attention_weight))
             if 2 in kinds and batch.phrase_rows is not None:
                 terms.append(phrase_attention_loss(attn, *captured[i], batch))
         loss = loss + attention_weight * torch.stack(terms).mean()
@@ -91,6 +101,40 @@ def packed_loss(
         0, batch.target_question, wrong
     )
     return loss, per_question == 0
+
+
+def evidence_readout_loss(
+    model: PreTrainedModel,
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+    select: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of the answer's first token read through the final norm and the LM head from the
+    supervised heads' share of the attention output at the answer position (their attention over the visual
+    tokens, values, and their columns of ``o_proj``)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rows, cols = batch.evidence_rows[select], batch.evidence_query_cols[select]
+    n_visual = batch.evidence_masks.shape[1]
+    head_dim, heads = attn.head_dim, attn.config.num_attention_heads
+    cos, sin = position_embeddings
+    visual = torch.arange(batch.image_start, batch.image_start + n_visual, device=hidden.device)
+    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)
+    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
+    v = attn.v_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
+    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
+    supervised = max(1, heads // 2)
+    group = heads // k.shape[1]
+    k = k[rows].repeat_interleave(group, dim=1)[:, :supervised]
+    v = v[rows].repeat_interleave(group, dim=1)[:, :supervised]
+    weights = ((q[:, :supervised] @ k.transpose(-1, -2)) * attn.scaling).softmax(-1)  # [n, h', 1, V]
+    out = (weights @ v).flatten(1)  # [n, h' * d]: the supervised heads come first in o_proj's input
+    read = out @ attn.o_proj.weight[:, : supervised * head_dim].T
+    logits = model.lm_head(model.model.language_model.norm(read)).float()
+    return torch.nn.functional.cross_entropy(logits, batch.evidence_answers[select])
 
 
 def phrase_attention_loss(

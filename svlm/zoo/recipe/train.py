@@ -18,7 +18,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.recipe.align import ALIGN_WORD_GROUPS, align_projector, word_token_ids
 from svlm.zoo.recipe.batches import train_batch
-from svlm.zoo.recipe.config import RecipeConfig, check_config, parse_layers
+from svlm.zoo.recipe.config import RecipeConfig, check_config, parse_layers, parse_question_types
 from svlm.zoo.recipe.evaluate import evaluate
 from svlm.zoo.recipe.losses import packed_loss
 from svlm.zoo.recipe.model import build_model
@@ -49,6 +49,11 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     attention_layers = parse_layers(cfg.attention_layers, cfg.num_layers)
     keyword_layers = parse_layers(cfg.keyword_layers, cfg.num_layers)
     phrase_layers = parse_layers(cfg.phrase_layers, cfg.num_layers)
+    readout_types = (
+        frozenset(parse_question_types(cfg.readout_types, "readout_types", cfg.benchmark))
+        if cfg.readout_weight > 0
+        else frozenset()
+    )
     check_config(cfg)  # everything else, before stage 1's minutes
     model, processor = build_model(cfg)
     device = torch.device(cfg.device)
@@ -104,7 +109,14 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step) * group["lr_scale"]
         loss, correct = packed_loss(
-            model, batch, attention_layers, cfg.attention_weight, keyword_layers, phrase_layers
+            model,
+            batch,
+            attention_layers,
+            cfg.attention_weight,
+            keyword_layers,
+            phrase_layers,
+            cfg.readout_weight,
+            readout_types,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
