@@ -103,6 +103,38 @@ def packed_loss(
     return loss, per_question == 0
 
 
+def supervised_visual_attention(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    with_values: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention logits [n, h', visual] of the supervised half of the layer's heads from the queries at
+    (``rows``, ``cols``) over the image's visual tokens (rows-only: keys, and values when asked for, once per
+    sequence, then one row per query), and those heads' values [n, h', visual, d]."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    n_visual = batch.evidence_masks.shape[1]
+    head_dim, heads = attn.head_dim, attn.config.num_attention_heads
+    cos, sin = position_embeddings
+    visual = torch.arange(batch.image_start, batch.image_start + n_visual, device=hidden.device)
+    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
+    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
+    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
+    supervised = max(1, heads // 2)
+    group = heads // k.shape[1]
+    k = k[rows].repeat_interleave(group, dim=1)[:, :supervised]
+    scores = (q[:, :supervised] @ k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [n, h', visual]
+    if not with_values:
+        return scores, None
+    v = attn.v_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
+    return scores, v[rows].repeat_interleave(group, dim=1)[:, :supervised]
+
+
 def evidence_readout_loss(
     model: PreTrainedModel,
     attn: torch.nn.Module,
@@ -114,25 +146,10 @@ def evidence_readout_loss(
     """Cross-entropy of the answer's first token read through the final norm and the LM head from the
     supervised heads' share of the attention output at the answer position (their attention over the visual
     tokens, values, and their columns of ``o_proj``)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     rows, cols = batch.evidence_rows[select], batch.evidence_query_cols[select]
-    n_visual = batch.evidence_masks.shape[1]
-    head_dim, heads = attn.head_dim, attn.config.num_attention_heads
-    cos, sin = position_embeddings
-    visual = torch.arange(batch.image_start, batch.image_start + n_visual, device=hidden.device)
-    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)
-    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
-    v = attn.v_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
-    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
-    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
-    supervised = max(1, heads // 2)
-    group = heads // k.shape[1]
-    k = k[rows].repeat_interleave(group, dim=1)[:, :supervised]
-    v = v[rows].repeat_interleave(group, dim=1)[:, :supervised]
-    weights = ((q[:, :supervised] @ k.transpose(-1, -2)) * attn.scaling).softmax(-1)  # [n, h', 1, V]
-    out = (weights @ v).flatten(1)  # [n, h' * d]: the supervised heads come first in o_proj's input
-    read = out @ attn.o_proj.weight[:, : supervised * head_dim].T
+    scores, v = supervised_visual_attention(attn, hidden, position_embeddings, batch, rows, cols, True)
+    out = (scores.softmax(-1).unsqueeze(2) @ v).flatten(1)  # [n, h' * d]: o_proj's first input columns
+    read = out @ attn.o_proj.weight[:, : out.shape[1]].T
     logits = model.lm_head(model.model.language_model.norm(read)).float()
     return torch.nn.functional.cross_entropy(logits, batch.evidence_answers[select])
 
@@ -173,26 +190,10 @@ def evidence_attention_loss(
     """-log of the attention mass that half of the layer's heads put on the question's evidence tokens, among
     the visual tokens, from the position that predicts the answer (rows-only: queries of the supervised
     positions, keys of the image only). The other heads stay free."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     rows, cols, evidence = batch.evidence_rows, batch.evidence_query_cols, batch.evidence_masks
     if select is not None:
         rows, cols, evidence = rows[select], cols[select], evidence[select]
-    n_visual = evidence.shape[1]
-    head_dim = attn.head_dim
-    heads = attn.config.num_attention_heads
-    cos, sin = position_embeddings
-    visual = torch.arange(batch.image_start, batch.image_start + n_visual, device=hidden.device)
-    q = attn.q_proj(hidden[rows, cols]).view(len(rows), heads, 1, head_dim)  # [n, h, 1, d]
-    # keys once per sequence (a sequence holds several supervised questions), then one row per question
-    k = attn.k_proj(hidden[:, visual]).view(len(hidden), n_visual, -1, head_dim).transpose(1, 2)
-    q, _ = apply_rotary_pos_emb(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
-    _, k = apply_rotary_pos_emb(k, k, cos[:, visual], sin[:, visual])
-    k = k[rows]
-    supervised = max(1, heads // 2)
-    kv_group = heads // k.shape[1]
-    k = k.repeat_interleave(kv_group, dim=1)[:, :supervised]
-    scores = (q[:, :supervised] @ k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [n, h', visual]
+    scores, _ = supervised_visual_attention(attn, hidden, position_embeddings, batch, rows, cols)
     logp = scores.float().log_softmax(-1)
     mass = logp.masked_fill(~evidence[:, None, :], float("-inf")).logsumexp(-1)
     return -mass.mean()
