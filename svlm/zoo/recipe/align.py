@@ -75,9 +75,8 @@ def align_projector(
     }
     device = embed.device
     cells = cell_labels(cfg.image_size).to(device)
-    edge_class = torch.tensor(
-        [1, 0, 2], device=device
-    )  # first band -> top/left, middle -> background, last -> bottom/right
+    # first band -> top/left, middle -> background, last -> bottom/right
+    edge_class = torch.tensor([1, 0, 2], device=device)
     row_y, column_y = edge_class[cells // shapes.GRID], edge_class[cells % shapes.GRID]
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.align_lr, weight_decay=0.0)
@@ -122,8 +121,10 @@ def align_projector(
         if size_y:
             zy = torch.cat(size_y).to(device)
             size_logits = ALIGN_SCALE * tokens @ words["size"].T
-            loss = loss + (ce(size_logits, zy, reduction="none") * torch.where(zy > 0, 5.0, 1.0)).sum() / max(
-                1, int((zy >= 0).sum())
+            size_weight = torch.where(zy > 0, 5.0, 1.0)
+            loss = (
+                loss
+                + (ce(size_logits, zy, reduction="none") * size_weight).sum() / size_weight[zy >= 0].sum()
             )
         if cfg.align_cells:
             n = len(images)

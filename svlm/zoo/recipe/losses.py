@@ -77,7 +77,7 @@ def packed_loss(
     logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
     loss = torch.nn.functional.cross_entropy(logits, batch.targets)
     if supervise:
-        terms = []
+        terms, readouts = [], []
         for i, kinds in kinds_at.items():
             attn = model.model.language_model.layers[i].self_attn
             select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
@@ -86,16 +86,16 @@ def packed_loss(
             if bool(select.any()):
                 terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
             if 0 in kinds and readout_weight > 0:
-                read = (batch.evidence_kinds == 0) & torch.tensor(
-                    [batch.question_types[int(q)] in readout_types for q in batch.evidence_questions],
-                    device=batch.evidence_kinds.device,
-                )
-                if bool(read.any()):
-                    readout = evidence_readout_loss(model, attn, *captured[i], batch, read)
-                    terms.append(readout * (readout_weight / attention_weight))
+                read = [kind == 0 and t in readout_types for kind, t in batch.evidence_types]
+                if any(read):
+                    select = torch.tensor(read, device=batch.evidence_kinds.device)
+                    readouts.append(evidence_readout_loss(model, attn, *captured[i], batch, select))
             if 2 in kinds and batch.phrase_rows is not None:
                 terms.append(phrase_attention_loss(attn, *captured[i], batch))
-        loss = loss + attention_weight * torch.stack(terms).mean()
+        if terms:
+            loss = loss + attention_weight * torch.stack(terms).mean()
+        if readouts:
+            loss = loss + readout_weight * torch.stack(readouts).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
     per_question = torch.zeros(int(batch.target_question.max()) + 1, device=wrong.device).index_add_(
         0, batch.target_question, wrong

@@ -33,7 +33,7 @@ class PackedBatch:
     evidence_masks: torch.Tensor | None = None
     evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
     evidence_answers: torch.Tensor | None = None  # [n] the answer's first token id (for the readout loss)
-    evidence_questions: torch.Tensor | None = None  # [n] the question (over the batch) of each row
+    evidence_types: list[tuple[int, str]] | None = None  # per row: its kind and its question's type
     image_start: int = 0
     # phrase supervision: per supervised question, its sequence, the answer position, the positions of its
     # branch up to there [n, L] (padded, ``phrase_valid``) and which of them are the words naming the evidence
@@ -139,7 +139,7 @@ def pack(
     position_ids = torch.zeros((b, t), dtype=torch.long)
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
     rows, cols, targets, owner = [], [], [], []
-    ev_rows, ev_cols, ev_masks, ev_kinds, ev_answers, ev_questions = [], [], [], [], [], []
+    ev_rows, ev_cols, ev_masks, ev_kinds, ev_answers, ev_types = [], [], [], [], [], []
     ph_rows, ph_query, ph_keys, ph_targets = [], [], [], []
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
@@ -159,7 +159,7 @@ def pack(
                     ev_masks.append(evidence[i][k] if visual_keep is None else evidence[i][k][visual_keep[i]])
                     ev_kinds.append(kind)
                     ev_answers.append(ids[end - answer_len])
-                    ev_questions.append(num_questions)
+                    ev_types.append((kind, question_type(qas[i][k][0], benchmark)))
                 answer_at = end - answer_len - 1
                 ph_rows.append(i)
                 ph_query.append(answer_at)
@@ -201,7 +201,7 @@ def pack(
         evidence_masks=torch.stack(ev_masks) if ev_rows else None,
         evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
         evidence_answers=torch.tensor(ev_answers) if ev_rows else None,
-        evidence_questions=torch.tensor(ev_questions) if ev_rows else None,
+        evidence_types=ev_types if ev_rows else None,
         image_start=image_start,
         phrase_rows=torch.tensor(ph_rows) if ph_rows else None,
         phrase_query_cols=torch.tensor(ph_query) if ph_rows else None,

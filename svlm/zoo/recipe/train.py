@@ -101,6 +101,22 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         "steps": [],
         "val": [],
     }
+
+    def validate(step: int) -> dict[str, Any]:
+        """Score the val split now and log it with the step and the time so far."""
+        val = evaluate(
+            model,
+            processor,
+            "val",
+            cfg.eval_samples,
+            cfg.seed,
+            image_size=cfg.data_image_size,
+            benchmark=cfg.benchmark,
+        )
+        val.update(step=step, elapsed_s=round(time.perf_counter() - start, 1))
+        log["val"].append(val)
+        return val
+
     window: list[float] = []
     window_acc: dict[str, list[float]] = {}
     for step in range(cfg.steps):
@@ -139,34 +155,14 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             window, window_acc = [], {}
             print(json.dumps(entry), flush=True)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            val = evaluate(
-                model,
-                processor,
-                "val",
-                cfg.eval_samples,
-                cfg.seed,
-                image_size=cfg.data_image_size,
-                benchmark=cfg.benchmark,
-            )
-            val.update(step=step + 1, elapsed_s=round(time.perf_counter() - start, 1))
-            log["val"].append(val)
+            val = validate(step + 1)
             print(json.dumps({"val": val}), flush=True)
             if output_dir is not None:  # a partial model to use if the run is stopped
                 log["train_time_s"] = round(time.perf_counter() - start, 1)
                 save(model, processor, log, output_dir)
     log["train_time_s"] = round(time.perf_counter() - start, 1)
     model.eval()
-    val = evaluate(
-        model,
-        processor,
-        "val",
-        cfg.eval_samples,
-        cfg.seed,
-        image_size=cfg.data_image_size,
-        benchmark=cfg.benchmark,
-    )
-    val.update(step=cfg.steps, elapsed_s=round(time.perf_counter() - start, 1))
-    log["val"].append(val)
+    val = validate(cfg.steps)
     if cfg.test_samples > 0:
         log["test_dense"] = evaluate(
             model,
