@@ -93,6 +93,10 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "phrase_layers": "",
         "readout_weight": 0.0,
         "readout_types": "color,shape,text",
+        "projector_lr_scale": 1.0,
+        "attribute_weight": 0.0,
+        "attribute_layers": "",
+        "init_parts": "vision_tower,projector,decoder",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

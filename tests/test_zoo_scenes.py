@@ -195,7 +195,16 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
     path = Path(zoo_path("svlm-scenes-llava"))
     log = json.loads((path / "training_log.json").read_text())
     # options added after the run, at their defaults
-    added = {"device": "cpu", "phrase_layers": "", "readout_weight": 0.0, "readout_types": "color,shape,text"}
+    added = {
+        "device": "cpu",
+        "phrase_layers": "",
+        "readout_weight": 0.0,
+        "readout_types": "color,shape,text",
+        "projector_lr_scale": 1.0,
+        "attribute_weight": 0.0,
+        "attribute_layers": "",
+        "init_parts": "vision_tower,projector,decoder",
+    }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
     assert log["num_visual_tokens"] == 576 and log["test_dense"]["num_samples"] == 500
@@ -223,3 +232,98 @@ def test_shipped_scenes_model_reaches_budget_64_with_sparsevlm():
         sparse = svlm.sparsify(model, name, budget=64)
         ids = sparse.generate(**batch, max_new_tokens=4, do_sample=False)
         assert ids.shape[0] == 2 and sparse.last_report.budget == pytest.approx(64, abs=1)
+
+
+# ------------------------------------------------------------------------------------- attribute keeping
+
+
+def test_attribute_labels_name_each_tokens_object():
+    from svlm.zoo.recipe.attributes import ATTRIBUTES, visual_attribute_labels
+
+    sample = _sample(5)
+    labels = visual_attribute_labels(sample, 224, 336)
+    assert labels.shape == (256, len(ATTRIBUTES))
+    shape_y, colour_y = patch_labels(sample, 224, 336)
+    assert torch.equal(labels[:, 0], colour_y) and torch.equal(labels[:, 2], size_labels(sample, 224, 336))
+    assert torch.equal(labels[:, 3], digit_labels(sample, 224, 336))
+    centres = set(recipe.centre_tokens(sample, 224, 336))
+    named = (labels[:, 1] > 0).nonzero().flatten().tolist()
+    assert named and set(named) <= centres  # shape only where stage 1 put it
+    assert set(labels[shape_y == 0, 1].tolist()) == {0}  # background says so
+    with pytest.raises(ValueError, match="svlm-scenes"):
+        from svlm.data import shapes
+
+        visual_attribute_labels(shapes.generate_sample(0, "train"), 224, 224)
+
+
+def test_attribute_keeping_adds_a_term_that_reaches_the_earlier_layers():
+    from svlm.zoo.recipe.attributes import AttributeProbes
+    from svlm.zoo.recipe.losses import packed_loss
+
+    cfg = recipe.RecipeConfig(**{**SCENES_SMOKE, "attribute_weight": 1.0, "attribute_layers": "1"})
+    model, processor = recipe.build_model(cfg)
+    batch = recipe.train_batch(cfg, processor, 0)
+    assert batch.visual_labels is not None
+    assert batch.visual_labels.shape[:2] == batch.visual_keep.shape  # the kept tokens' labels, in order
+    probes = AttributeProbes(cfg.hidden_size, [1])
+    plain, _ = packed_loss(model, batch, [1], 1.0, [0])
+    stats: dict[str, float] = {}
+    kept, _ = packed_loss(
+        model, batch, [1], 1.0, [0], attribute_probes=probes, attribute_weight=1.0, stats=stats
+    )
+    assert float(kept.detach()) > float(plain.detach()) + 0.5  # four cross-entropies near log(classes)
+    assert set(stats) == {"L1_colour", "L1_shape", "L1_size", "L1_digit"}
+    assert all(0.0 <= v <= 1.0 for v in stats.values())
+    model.zero_grad()
+    (kept - plain.detach()).backward()
+    first = model.model.language_model.layers[0].self_attn.v_proj.weight.grad
+    assert first is not None and first.abs().sum() > 0  # the term asks the layers below to keep them
+    assert probes.heads["1"][0].weight.grad.abs().sum() > 0
+
+
+def test_attribute_keeping_and_init_parts_options_are_checked():
+    bad = {
+        "attribute weight without layers": {"attribute_weight": 1.0},
+        "attribute_layers [30] are outside": {"attribute_weight": 1.0, "attribute_layers": "30"},
+        "attribute_weight must be >= 0": {"attribute_weight": -1.0},
+        "projector_lr_scale must be >= 0": {"projector_lr_scale": -0.5},
+        "init_parts must name parts": {"init_parts": "decoder"},
+    }
+    for message, options in bad.items():
+        match = "needs --benchmark scenes and attribute_layers" if "without" in message else message
+        with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):
+            recipe.check_config(recipe.RecipeConfig(**{**SCENES_SMOKE, **options}))
+    with pytest.raises(ValueError, match="needs --benchmark scenes"):
+        recipe.check_config(recipe.RecipeConfig(attribute_weight=1.0, attribute_layers="1"))
+
+
+def test_frozen_projector_and_init_parts(tmp_path):
+    """--projector-lr-scale 0 leaves the loaded projector as it was while the decoder trains; --init-parts
+    without "projector" aligns a fresh one on the loaded tower."""
+    from transformers import LlavaForConditionalGeneration
+
+    recipe.train(recipe.RecipeConfig(**{**SCENES_SMOKE, "test_samples": 0}), tmp_path / "first")
+    saved = LlavaForConditionalGeneration.from_pretrained(tmp_path / "first")
+    frozen = {
+        **SCENES_SMOKE,
+        "init_from": str(tmp_path / "first"),
+        "projector_lr_scale": 0.0,
+        "test_samples": 0,
+    }
+    frozen.update(attribute_weight=1.0, attribute_layers="1")
+    log = recipe.train(recipe.RecipeConfig(**frozen), tmp_path / "second")
+    assert log["projector_alignment"] == [] and "attribute_acc" in log["steps"][-1]
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "second")
+    for mine, theirs in zip(
+        again.model.multi_modal_projector.parameters(),
+        saved.model.multi_modal_projector.parameters(),
+        strict=True,
+    ):
+        assert torch.equal(mine, theirs)
+    layer = (
+        again.model.language_model.layers[1].mlp.up_proj.weight,
+        saved.model.language_model.layers[1].mlp.up_proj.weight,
+    )
+    assert not torch.equal(*layer)
+    fresh = recipe.train(recipe.RecipeConfig(**{**frozen, "init_parts": "vision_tower,decoder"}))
+    assert fresh["vision_pretraining"] == [] and fresh["projector_alignment"]

@@ -9,6 +9,7 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.data import scenes, shapes
+from svlm.zoo.recipe.attributes import visual_attribute_labels
 from svlm.zoo.recipe.config import RecipeConfig, parse_question_types, parse_type_weights, phase_at
 from svlm.zoo.recipe.labels import centre_tokens, evidence_tokens, object_coverage
 from svlm.zoo.recipe.packing import PackedBatch, pack
@@ -18,7 +19,7 @@ from svlm.zoo.recipe.questions import derived_questions, question_type
 def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> PackedBatch:
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
-    images, qas, evidence, keep = [], [], [], []
+    images, qas, evidence, keep, attributes = [], [], [], [], []
     types = parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
     drop = 0 < cfg.train_visual_tokens < cfg.num_visual_tokens and step < cfg.train_visual_until * cfg.steps
     weights = parse_type_weights(cfg.question_weights, cfg.benchmark)
@@ -38,7 +39,10 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
             keep.append(
                 kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))
             )
-    return pack(
+        if cfg.attribute_weight > 0:
+            labels = visual_attribute_labels(sample, cfg.image_size, cfg.data_image_size)
+            attributes.append(labels[keep[-1]] if drop else labels)
+    batch = pack(
         processor,
         images,
         qas,
@@ -46,6 +50,9 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         torch.stack(keep) if drop else None,
         cfg.benchmark,
     )
+    if attributes:
+        batch.visual_labels = torch.stack(attributes)
+    return batch
 
 
 def training_sample(cfg: RecipeConfig, index: int, **scene: Any) -> dict:

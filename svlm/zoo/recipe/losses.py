@@ -11,6 +11,7 @@ from transformers import (
 )
 
 from svlm.zoo.packed_attention import packed_attention
+from svlm.zoo.recipe.attributes import AttributeProbes
 from svlm.zoo.recipe.packing import PackedBatch
 
 
@@ -47,10 +48,14 @@ def packed_loss(
     phrase_layers: Sequence[int] = (),
     readout_weight: float = 0.0,
     readout_types: frozenset[str] = frozenset(),
+    attribute_probes: AttributeProbes | None = None,
+    attribute_weight: float = 0.0,
+    stats: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
-    set), and per question whether teacher-forced greedy decoding gets every answer token right (LM head on
-    target positions only)."""
+    set, and the attribute-keeping term of ``attribute_probes`` when ``attribute_weight`` is), and per
+    question whether teacher-forced greedy decoding gets every answer token right (LM head on target
+    positions only). ``stats``, when given, receives the attribute heads' accuracy per layer and group."""
     kinds_at: dict[int, set[int]] = {}
     for index in attention_layers:
         kinds_at.setdefault(index, set()).add(0)
@@ -59,11 +64,17 @@ def packed_loss(
     for index in phrase_layers:
         kinds_at.setdefault(index, set()).add(2)  # 2: the answer position towards the question's phrase
     supervise = attention_weight > 0 and batch.evidence_rows is not None and len(kinds_at) > 0
+    keep_attributes = (
+        attribute_weight > 0 and attribute_probes is not None and batch.visual_labels is not None
+    )
     captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
-    if supervise:
+    hooked = (set(kinds_at) if supervise else set()) | (
+        set(attribute_probes.layers) if keep_attributes else set()
+    )
+    if hooked:
         layers = model.model.language_model.layers
-        for index in kinds_at:
+        for index in hooked:
 
             def grab(module, args, kwargs, index=index):
                 captured[index] = (kwargs["hidden_states"], kwargs["position_embeddings"])
@@ -96,6 +107,16 @@ def packed_loss(
             loss = loss + attention_weight * torch.stack(terms).mean()
         if readouts:
             loss = loss + readout_weight * torch.stack(readouts).mean()
+    if keep_attributes:
+        start, slots = batch.image_start, batch.visual_labels.shape[1]
+        terms = []
+        for i in attribute_probes.layers:
+            visual = captured[i][0][:, start : start + slots]
+            terms.append(attribute_probes.loss(i, visual, batch.visual_labels))
+            if stats is not None:
+                for name, acc in attribute_probes.accuracy(i, visual, batch.visual_labels).items():
+                    stats[f"L{i}_{name}"] = acc
+        loss = loss + attribute_weight * torch.stack(terms).mean()
     wrong = (logits.argmax(-1) != batch.targets).float()
     per_question = torch.zeros(int(batch.target_question.max()) + 1, device=wrong.device).index_add_(
         0, batch.target_question, wrong

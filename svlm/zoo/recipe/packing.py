@@ -44,6 +44,8 @@ class PackedBatch:
     phrase_targets: torch.Tensor | None = None
     layout: PackedLayout | None = None  # prefix and branches, for the packed-branch attention
     visual_keep: torch.Tensor | None = None  # [b, k] the visual tokens kept (None: all)
+    # attribute keeping: [b, k, groups] class of each kept visual token per attribute group (-100: not asked)
+    visual_labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PackedBatch:
         """The batch with every tensor (and the layout) on ``device``: built on the CPU, moved once a step."""

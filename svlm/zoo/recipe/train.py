@@ -17,8 +17,15 @@ from transformers import (
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.recipe.align import ALIGN_WORD_GROUPS, align_projector, word_token_ids
+from svlm.zoo.recipe.attributes import AttributeProbes
 from svlm.zoo.recipe.batches import train_batch
-from svlm.zoo.recipe.config import RecipeConfig, check_config, parse_layers, parse_question_types
+from svlm.zoo.recipe.config import (
+    RecipeConfig,
+    check_config,
+    parse_init_parts,
+    parse_layers,
+    parse_question_types,
+)
 from svlm.zoo.recipe.evaluate import evaluate
 from svlm.zoo.recipe.losses import packed_loss
 from svlm.zoo.recipe.model import build_model
@@ -63,7 +70,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             word_token_ids(processor.tokenizer, names)
     start = time.perf_counter()
     torch.set_num_threads(cfg.vision_threads)
-    loaded = load_parts(model, cfg.init_from) if cfg.init_from else set()
+    loaded = load_parts(model, cfg.init_from, parse_init_parts(cfg.init_parts)) if cfg.init_from else set()
     run_vision = cfg.vision_steps > 0 and "vision_tower" not in loaded
     vision_log = pretrain_vision(model, processor, cfg) if run_vision else []
     run_align = cfg.align_steps > 0 and "projector" not in loaded
@@ -71,21 +78,36 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     torch.set_num_threads(cfg.threads)
     if cfg.vision_lr_scale == 0:
         model.model.vision_tower.requires_grad_(False)
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
+    if cfg.projector_lr_scale == 0:
+        model.model.multi_modal_projector.requires_grad_(False)
+    attribute_layers = parse_layers(cfg.attribute_layers, cfg.num_layers)
+    probes = (
+        AttributeProbes(cfg.hidden_size, attribute_layers).to(device)
+        if cfg.attribute_weight > 0 and attribute_layers
+        else None
+    )
+    scales = {
+        "model.vision_tower.": cfg.vision_lr_scale,
+        "model.multi_modal_projector.": cfg.projector_lr_scale,
+    }
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    named = list(model.named_parameters()) + (
+        [(f"attribute_probes.{n}", p) for n, p in probes.named_parameters()] if probes is not None else []
+    )
+    for name, param in named:
         if not param.requires_grad:
             continue
-        is_vision = name.startswith("model.vision_tower.")
+        scale = next((v for prefix, v in scales.items() if name.startswith(prefix)), 1.0)
         decays = param.ndim >= 2 and "embed" not in name
-        groups.setdefault((is_vision, decays), []).append(param)
+        groups.setdefault((scale, decays), []).append(param)
     opt = torch.optim.AdamW(
         [
             {
                 "params": params,
                 "weight_decay": cfg.weight_decay if decays else 0.0,
-                "lr_scale": cfg.vision_lr_scale if is_vision else 1.0,
+                "lr_scale": scale,
             }
-            for (is_vision, decays), params in groups.items()
+            for (scale, decays), params in groups.items()
         ],
         lr=cfg.lr,
         betas=(0.9, 0.98),
@@ -119,6 +141,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
 
     window: list[float] = []
     window_acc: dict[str, list[float]] = {}
+    window_attr: dict[str, list[float]] = {}
     for step in range(cfg.steps):
         model.train()
         batch = train_batch(cfg, processor, step).to(device)
@@ -133,11 +156,16 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             phrase_layers,
             cfg.readout_weight,
             readout_types,
+            probes,
+            cfg.attribute_weight,
+            stats := {},
         )
+        for name, acc in stats.items():
+            window_attr.setdefault(name, []).append(acc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named if p.requires_grad], cfg.grad_clip)
         opt.step()
         window.append(float(loss.detach()))
         for qtype, ok in zip(batch.question_types, correct.tolist(), strict=True):
@@ -151,8 +179,10 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
                 "lr": lr_at(cfg, step),
                 "elapsed_s": round(time.perf_counter() - start, 1),
             }
+            if window_attr:
+                entry["attribute_acc"] = {k: round(float(np.mean(v)), 3) for k, v in window_attr.items()}
             log["steps"].append(entry)
-            window, window_acc = [], {}
+            window, window_acc, window_attr = [], {}, {}
             print(json.dumps(entry), flush=True)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             val = validate(step + 1)
@@ -189,9 +219,10 @@ PARTS: dict[str, str] = {
 }
 
 
-def load_parts(model: PreTrainedModel, path: str | Path) -> set[str]:
+def load_parts(model: PreTrainedModel, path: str | Path, parts: set[str] | None = None) -> set[str]:
     """Copy the parts of the recipe model saved at ``path`` whose shapes fit into ``model``: the vision tower
-    (required), the projector, and the decoder with the LM head; returns the names loaded (`PARTS`)."""
+    (required), the projector, and the decoder with the LM head, of those in ``parts`` (default all); returns
+    the names loaded (`PARTS`)."""
     from transformers import LlavaForConditionalGeneration
 
     if not (Path(path) / "config.json").is_file():
@@ -201,6 +232,8 @@ def load_parts(model: PreTrainedModel, path: str | Path) -> set[str]:
     saved = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     loaded: set[str] = set()
     for part, attribute in PARTS.items():
+        if parts is not None and part not in parts:
+            continue
         own, theirs = (
             getattr(model.model, attribute).state_dict(),
             getattr(saved.model, attribute).state_dict(),
