@@ -26,6 +26,11 @@ split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
    For most steps (``--train-visual-until``) each image keeps only ``--train-visual-tokens`` visual tokens:
    those its objects cover and random background, at their original positions, as drop-only pruning would
    (exact: the same values as hiding the others as keys, tested); the last steps see all 256.
+   On svlm-scenes two more terms make the answer readable where it is copied from: attribute keeping
+   (``--attribute-weight``, `svlm.zoo.recipe.attributes`: linear heads must still read each visual token's
+   colour, shape, size and digit at the supervised layers) and the readout loss (``--readout-weight``: the
+   supervised heads' output, through the LM head, must name the asked attribute); the projector stays as
+   stage 1b aligned it (``--projector-lr-scale 0``).
 
 Everything is seeded and the data are a pure function of the seed and the step, so a run is reproducible up
 to floating-point non-associativity of the kernels.
@@ -57,6 +62,7 @@ from svlm.zoo.recipe.align import (
     align_projector,
     word_token_ids,
 )
+from svlm.zoo.recipe.attributes import ATTRIBUTES, AttributeProbes, visual_attribute_labels
 from svlm.zoo.recipe.batches import kept_visual_tokens, train_batch, training_sample
 from svlm.zoo.recipe.cli import main, parse_args
 from svlm.zoo.recipe.config import (
@@ -105,6 +111,8 @@ __all__ = [
     "ALIGN_COUNT_WORDS",
     "ALIGN_SCALE",
     "ALIGN_WORD_GROUPS",
+    "ATTRIBUTES",
+    "AttributeProbes",
     "PATCH_SIZE",
     "PackedBatch",
     "Phase",
@@ -150,5 +158,6 @@ __all__ = [
     "train",
     "train_batch",
     "training_sample",
+    "visual_attribute_labels",
     "word_token_ids",
 ]
