@@ -96,6 +96,7 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "projector_lr_scale": 1.0,
         "attribute_weight": 0.0,
         "attribute_layers": "",
+        "attribute_groups": "colour,shape,size,digit",
         "init_parts": "vision_tower,projector,decoder",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)

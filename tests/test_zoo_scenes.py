@@ -203,6 +203,7 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
         "projector_lr_scale": 1.0,
         "attribute_weight": 0.0,
         "attribute_layers": "",
+        "attribute_groups": "colour,shape,size,digit",
         "init_parts": "vision_tower,projector,decoder",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
@@ -238,34 +239,54 @@ def test_shipped_scenes_model_reaches_budget_64_with_sparsevlm():
 
 
 def test_attribute_labels_name_each_tokens_object():
-    from svlm.zoo.recipe.attributes import ATTRIBUTES, visual_attribute_labels
+    from svlm.zoo.recipe.attributes import ATTRIBUTES, POSITION_BANDS, visual_attribute_labels
+    from svlm.zoo.recipe.labels import kind_count_labels
 
     sample = _sample(5)
     labels = visual_attribute_labels(sample, 224, 336)
     assert labels.shape == (256, len(ATTRIBUTES))
+    by_group = dict(zip(ATTRIBUTES, labels.unbind(-1), strict=True))
     shape_y, colour_y = patch_labels(sample, 224, 336)
-    assert torch.equal(labels[:, 0], colour_y) and torch.equal(labels[:, 2], size_labels(sample, 224, 336))
-    assert torch.equal(labels[:, 3], digit_labels(sample, 224, 336))
+    assert torch.equal(by_group["colour"], colour_y)
+    assert torch.equal(by_group["size"], size_labels(sample, 224, 336))
+    assert torch.equal(by_group["digit"], digit_labels(sample, 224, 336))
+    assert torch.equal(by_group["count"], kind_count_labels(sample, colour_y))
     centres = set(recipe.centre_tokens(sample, 224, 336))
-    named = (labels[:, 1] > 0).nonzero().flatten().tolist()
+    named = (by_group["shape"] > 0).nonzero().flatten().tolist()
     assert named and set(named) <= centres  # shape only where stage 1 put it
-    assert set(labels[shape_y == 0, 1].tolist()) == {0}  # background says so
+    assert set(by_group["shape"][shape_y == 0].tolist()) == {0}  # background says so
+    # 16x16 tokens: token 17 is row 1, column 1; the last token lies in the last band both ways
+    assert (int(by_group["row"][17]), int(by_group["column"][17])) == (0, 0)
+    assert (int(by_group["row"][255]), int(by_group["column"][255])) == (POSITION_BANDS - 1,) * 2
+    assert int(by_group["column"][15]) == POSITION_BANDS - 1 and int(by_group["row"][15]) == 0
+    picked = visual_attribute_labels(sample, 224, 336, ["digit", "colour"])
+    assert torch.equal(picked, torch.stack([by_group["digit"], by_group["colour"]], -1))
     with pytest.raises(ValueError, match="svlm-scenes"):
         from svlm.data import shapes
 
         visual_attribute_labels(shapes.generate_sample(0, "train"), 224, 224)
+    with pytest.raises(ValueError, match="attribute_groups must name groups of"):
+        recipe.check_config(recipe.RecipeConfig(**{**SCENES_SMOKE, "attribute_groups": "colour,texture"}))
 
 
 def test_attribute_keeping_adds_a_term_that_reaches_the_earlier_layers():
     from svlm.zoo.recipe.attributes import AttributeProbes
     from svlm.zoo.recipe.losses import packed_loss
 
-    cfg = recipe.RecipeConfig(**{**SCENES_SMOKE, "attribute_weight": 1.0, "attribute_layers": "1"})
+    groups = ["colour", "shape", "size", "digit"]
+    cfg = recipe.RecipeConfig(
+        **{
+            **SCENES_SMOKE,
+            "attribute_weight": 1.0,
+            "attribute_layers": "1",
+            "attribute_groups": ",".join(groups),
+        }
+    )
     model, processor = recipe.build_model(cfg)
     batch = recipe.train_batch(cfg, processor, 0)
     assert batch.visual_labels is not None
-    assert batch.visual_labels.shape[:2] == batch.visual_keep.shape  # the kept tokens' labels, in order
-    probes = AttributeProbes(cfg.hidden_size, [1])
+    assert batch.visual_labels.shape == (*batch.visual_keep.shape, 4)  # the kept tokens' labels, in order
+    probes = AttributeProbes(cfg.hidden_size, [1], groups)
     plain, _ = packed_loss(model, batch, [1], 1.0, [0])
     stats: dict[str, float] = {}
     kept, _ = packed_loss(
@@ -310,9 +331,10 @@ def test_frozen_projector_and_init_parts(tmp_path):
         "projector_lr_scale": 0.0,
         "test_samples": 0,
     }
-    frozen.update(attribute_weight=1.0, attribute_layers="1")
+    frozen.update(attribute_weight=1.0, attribute_layers="1", attribute_groups="colour,count,row,column")
     log = recipe.train(recipe.RecipeConfig(**frozen), tmp_path / "second")
-    assert log["projector_alignment"] == [] and "attribute_acc" in log["steps"][-1]
+    assert log["projector_alignment"] == []
+    assert set(log["steps"][-1]["attribute_acc"]) == {"L1_colour", "L1_count", "L1_row", "L1_column"}
     again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "second")
     for mine, theirs in zip(
         again.model.multi_modal_projector.parameters(),

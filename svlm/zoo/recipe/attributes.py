@@ -6,9 +6,10 @@ linear probe) and the projector alignment points every token at its colour word,
 the decoder to keep that: on the first svlm-scenes model a linear probe read a token's colour from 77% of the
 decoder's input tokens and 44% of layer 5's (where the answer is copied from), and colour questions stayed at
 chance. This term adds linear heads (training only, discarded with the run) that read, from the normalised
-hidden state of every kept visual token at the input of chosen layers, the colour, shape (at each object's
-centre patch, where stage 1 put it), size and digit of the object covering it; their cross-entropy keeps
-those attributes linearly readable, so a head attending to the object can copy them.
+hidden state of every kept visual token at the input of chosen layers, attributes of the object covering it
+(colour, shape at each object's centre patch where stage 1 put it, size, digit, how many objects of its kind
+the image holds) and where the token lies (row and column band); their cross-entropy keeps those readable, so
+a head attending to the object can copy them to the answer.
 """
 
 from __future__ import annotations
@@ -19,37 +20,70 @@ import torch
 
 from svlm.data import shapes
 from svlm.zoo.recipe import scenes_task
-from svlm.zoo.recipe.labels import digit_labels, patch_labels, size_labels
+from svlm.zoo.recipe.config import PATCH_SIZE, VISION_COUNT_CLASSES
+from svlm.zoo.recipe.labels import digit_labels, kind_count_labels, patch_labels, size_labels
 
-#: attribute groups and their class counts (class 0: background, or "not a card" for digits)
+#: bands of the token grid the row and column groups name (12: two 14-px cells of a 336-px image each)
+POSITION_BANDS = 12
+
+#: attribute groups and their class counts (colour, shape, size, digit: class 0 is background or "no card";
+#: count: objects of the token's colour and shape, 1, 2, 3, 4+; row, column: the token's band)
 ATTRIBUTES: dict[str, int] = {
     "colour": 1 + len(shapes.COLORS),
     "shape": 1 + len(scenes_task.SHAPE_CLASSES),
     "size": 1 + len(scenes_task.SIZE_CLASSES),
     "digit": 1 + scenes_task.DIGIT_CLASSES,
+    "count": VISION_COUNT_CLASSES,
+    "row": POSITION_BANDS,
+    "column": POSITION_BANDS,
 }
+DEFAULT_GROUPS = "colour,shape,size,digit"
 
 
-def visual_attribute_labels(sample: dict, image_size: int, data_image_size: int) -> torch.Tensor:
-    """[visual tokens, len(ATTRIBUTES)] class per token and attribute group (-100: not asked). Shape is asked
-    at object centres and background only, size at shape patches only (-100 on cards)."""
-    shape_y, colour_y = patch_labels(sample, image_size, data_image_size, centre_only=True)
+def parse_attribute_groups(spec: str) -> list[str]:
+    """``"colour,digit"`` -> ["colour", "digit"], checked against `ATTRIBUTES`."""
+    groups = [g.strip() for g in spec.split(",") if g.strip()]
+    bad = [g for g in groups if g not in ATTRIBUTES]
+    if bad or not groups:
+        raise ValueError(f"attribute_groups must name groups of {list(ATTRIBUTES)}, got {spec!r}")
+    return groups
+
+
+def visual_attribute_labels(
+    sample: dict, image_size: int, data_image_size: int, groups: Sequence[str] = tuple(ATTRIBUTES)
+) -> torch.Tensor:
+    """[visual tokens, len(groups)] class per token and attribute group (-100: not asked). Shape is asked
+    at object centres and background only, size at shape patches only (-100 on cards), count at object
+    patches only."""
     if not scenes_task.is_scenes(sample):
         raise ValueError("attribute keeping needs svlm-scenes samples (sizes and digits)")
-    size_y = size_labels(sample, image_size, data_image_size)
-    digit_y = digit_labels(sample, image_size, data_image_size)
-    return torch.stack([colour_y, shape_y, size_y, digit_y], dim=-1)
+    shape_y, colour_y = patch_labels(sample, image_size, data_image_size, centre_only=True)
+    grid = image_size // PATCH_SIZE
+    index = torch.arange(grid * grid)
+    make = {
+        "colour": lambda: colour_y,
+        "shape": lambda: shape_y,
+        "size": lambda: size_labels(sample, image_size, data_image_size),
+        "digit": lambda: digit_labels(sample, image_size, data_image_size),
+        "count": lambda: kind_count_labels(sample, colour_y),
+        "row": lambda: (index // grid) * POSITION_BANDS // grid,
+        "column": lambda: (index % grid) * POSITION_BANDS // grid,
+    }
+    return torch.stack([make[g]() for g in groups], dim=-1)
 
 
 class AttributeProbes(torch.nn.Module):
     """One linear head per (layer, attribute group) on the decoder's normalised hidden states."""
 
-    def __init__(self, hidden_size: int, layers: Sequence[int]) -> None:
+    def __init__(self, hidden_size: int, layers: Sequence[int], groups: Sequence[str] = tuple(ATTRIBUTES)):
         super().__init__()
         self.layers = list(layers)
+        self.groups = list(groups)
         self.heads = torch.nn.ModuleDict(
             {
-                str(layer): torch.nn.ModuleList(torch.nn.Linear(hidden_size, n) for n in ATTRIBUTES.values())
+                str(layer): torch.nn.ModuleList(
+                    torch.nn.Linear(hidden_size, ATTRIBUTES[g]) for g in self.groups
+                )
                 for layer in self.layers
             }
         )
@@ -67,15 +101,13 @@ class AttributeProbes(torch.nn.Module):
 
     @torch.no_grad()
     def accuracy(self, layer: int, visual_hidden: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Per attribute group: the heads' accuracy on the object tokens asked (for logs)."""
+        """Per attribute group: the heads' accuracy on the tokens asked (object tokens for the object
+        attributes, every token for row and column), for the logs."""
         out = {}
-        for (name, _), head in zip(ATTRIBUTES.items(), self.heads[str(layer)], strict=True):
-            y = labels[..., ATTRIBUTES_INDEX[name]].flatten()
-            asked = y > 0
+        for g, (name, head) in enumerate(zip(self.groups, self.heads[str(layer)], strict=True)):
+            y = labels[..., g].flatten()
+            asked = y >= 0 if name in ("row", "column", "count") else y > 0
             if bool(asked.any()):
                 pred = head(visual_hidden.flatten(0, 1)[asked]).argmax(-1)
                 out[name] = float((pred == y[asked]).float().mean())
         return out
-
-
-ATTRIBUTES_INDEX = {name: i for i, name in enumerate(ATTRIBUTES)}

@@ -9,7 +9,7 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.data import scenes, shapes
-from svlm.zoo.recipe.attributes import visual_attribute_labels
+from svlm.zoo.recipe.attributes import parse_attribute_groups, visual_attribute_labels
 from svlm.zoo.recipe.config import RecipeConfig, parse_question_types, parse_type_weights, phase_at
 from svlm.zoo.recipe.labels import centre_tokens, evidence_tokens, object_coverage
 from svlm.zoo.recipe.packing import PackedBatch, pack
@@ -20,6 +20,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     """Batch ``step`` of training: shapes train samples ``step * batch_size ...``, derived questions seeded
     by (seed, sample index) -- a pure function of the config and the step."""
     images, qas, evidence, keep, attributes = [], [], [], [], []
+    groups = parse_attribute_groups(cfg.attribute_groups) if cfg.attribute_weight > 0 else []
     types = parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
     drop = 0 < cfg.train_visual_tokens < cfg.num_visual_tokens and step < cfg.train_visual_until * cfg.steps
     weights = parse_type_weights(cfg.question_weights, cfg.benchmark)
@@ -40,7 +41,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
                 kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))
             )
         if cfg.attribute_weight > 0:
-            labels = visual_attribute_labels(sample, cfg.image_size, cfg.data_image_size)
+            labels = visual_attribute_labels(sample, cfg.image_size, cfg.data_image_size, groups)
             attributes.append(labels[keep[-1]] if drop else labels)
     batch = pack(
         processor,

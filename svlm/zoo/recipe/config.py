@@ -113,6 +113,9 @@ class RecipeConfig:
     # (0 turns it off)
     attribute_weight: float = 0.0
     attribute_layers: str = ""
+    # the attributes kept (of `svlm.zoo.recipe.attributes.ATTRIBUTES`: colour, shape, size, digit, count of
+    # the token's kind, row and column band)
+    attribute_groups: str = "colour,shape,size,digit"
     # question types whose attention is supervised (leaving out "count" lets its answer live in how much
     # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
     attention_types: str = "color,shape,count,exist,position"
@@ -343,6 +346,9 @@ def check_config(cfg: RecipeConfig) -> None:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 freezes the part in stage 2), got {getattr(cfg, name)}")
     parse_init_parts(cfg.init_parts)
+    from svlm.zoo.recipe.attributes import parse_attribute_groups  # it builds on this module's constants
+
+    parse_attribute_groups(cfg.attribute_groups)
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")

@@ -17,7 +17,7 @@ from transformers import (
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.recipe.align import ALIGN_WORD_GROUPS, align_projector, word_token_ids
-from svlm.zoo.recipe.attributes import AttributeProbes
+from svlm.zoo.recipe.attributes import AttributeProbes, parse_attribute_groups
 from svlm.zoo.recipe.batches import train_batch
 from svlm.zoo.recipe.config import (
     RecipeConfig,
@@ -82,7 +82,9 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         model.model.multi_modal_projector.requires_grad_(False)
     attribute_layers = parse_layers(cfg.attribute_layers, cfg.num_layers)
     probes = (
-        AttributeProbes(cfg.hidden_size, attribute_layers).to(device)
+        AttributeProbes(cfg.hidden_size, attribute_layers, parse_attribute_groups(cfg.attribute_groups)).to(
+            device
+        )
         if cfg.attribute_weight > 0 and attribute_layers
         else None
     )
