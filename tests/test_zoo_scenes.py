@@ -334,6 +334,9 @@ def test_frozen_projector_and_init_parts(tmp_path):
     frozen.update(attribute_weight=1.0, attribute_layers="1", attribute_groups="colour,count,row,column")
     log = recipe.train(recipe.RecipeConfig(**frozen), tmp_path / "second")
     assert log["projector_alignment"] == []
+    first = log["continued_from"]  # the chain of runs stays in the log
+    assert first["path"] == str(tmp_path / "first") and first["config"]["init_from"] == ""
+    assert first["continued_from"] is None
     assert set(log["steps"][-1]["attribute_acc"]) == {"L1_colour", "L1_count", "L1_row", "L1_column"}
     again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "second")
     for mine, theirs in zip(

@@ -125,6 +125,8 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         "steps": [],
         "val": [],
     }
+    if cfg.init_from:
+        log["continued_from"] = earlier_runs(cfg.init_from)
 
     def validate(step: int) -> dict[str, Any]:
         """Score the val split now and log it with the step and the time so far."""
@@ -250,6 +252,21 @@ def load_parts(model: PreTrainedModel, path: str | Path, parts: set[str] | None 
     if "decoder" in loaded:
         model.lm_head.load_state_dict(saved.lm_head.state_dict())
     return loaded
+
+
+def earlier_runs(path: str | Path) -> dict[str, Any]:
+    """What ``init_from`` started from, for the new run's log: the saved run's config, its test accuracy and,
+    in turn, what it continued from (a chain of continuations stays reproducible from its logs)."""
+    saved = Path(path) / "training_log.json"
+    if not saved.is_file():
+        return {"path": str(path), "config": None}
+    earlier = json.loads(saved.read_text())
+    return {
+        "path": str(path),
+        "config": earlier.get("config"),
+        "test_dense": earlier.get("test_dense"),
+        "continued_from": earlier.get("continued_from"),
+    }
 
 
 def save(
