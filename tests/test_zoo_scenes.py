@@ -195,17 +195,7 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
     path = Path(zoo_path("svlm-scenes-llava"))
     log = json.loads((path / "training_log.json").read_text())
     # options added after the run, at their defaults
-    added = {
-        "device": "cpu",
-        "phrase_layers": "",
-        "readout_weight": 0.0,
-        "readout_types": "color,shape,text",
-        "projector_lr_scale": 1.0,
-        "attribute_weight": 0.0,
-        "attribute_layers": "",
-        "attribute_groups": "colour,shape,size,digit",
-        "init_parts": "vision_tower,projector,decoder",
-    }
+    added = {"attribute_groups": "colour,shape,size,digit"}
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
     assert log["num_visual_tokens"] == 576 and log["test_dense"]["num_samples"] == 500
@@ -304,7 +294,7 @@ def test_attribute_keeping_adds_a_term_that_reaches_the_earlier_layers():
 
 def test_attribute_keeping_and_init_parts_options_are_checked():
     bad = {
-        "attribute weight without layers": {"attribute_weight": 1.0},
+        "attribute weight without layers": {"attribute_weight": 1.0, "attribute_layers": ""},
         "attribute_layers [30] are outside": {"attribute_weight": 1.0, "attribute_layers": "30"},
         "attribute_weight must be >= 0": {"attribute_weight": -1.0},
         "projector_lr_scale must be >= 0": {"projector_lr_scale": -0.5},

@@ -107,8 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output) if args.output else path.with_name("bounds.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"dense {result['dense']:.3f} on {result['samples']} samples; at budget {args.budget:g}:")
-    print(f"  evidence oracle {result['evidence_oracle']}, random {result['random']}")
-    print(f"  question-agnostic {result['question_agnostic']}")
+
+    def fmt(v: float | None) -> str:
+        return "missing" if v is None else f"{v:.3f}"
+
+    print(f"  evidence oracle {fmt(result['evidence_oracle'])}, random {fmt(result['random'])}")
+    agnostic = ", ".join(f"{k} {fmt(v)}" for k, v in result["question_agnostic"].items())
+    print(f"  question-agnostic: {agnostic or 'missing'}")
     for name, ok in result["checks"].items():
         print(f"  [{'ok' if ok else 'missing' if ok is None else 'FAIL'}] {name}")
     print(f"written: {out}")

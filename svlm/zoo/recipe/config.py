@@ -203,6 +203,13 @@ SCENES: dict[str, Any] = {
     "num_heads": 2,
     "attention_layers": "5,8",
     "keyword_layers": "1,3",
+    # the answer is copied from the visual tokens at the supervised layers: keep the projector as stage 1b
+    # aligned it, keep each token's attributes readable there, and train the supervised heads to read them
+    # out (without these three, colour questions stayed at chance: dense 0.372, against 0.796 with them)
+    "projector_lr_scale": 0.0,
+    "attribute_weight": 1.0,
+    "attribute_layers": "5,8",
+    "readout_weight": 1.0,
     "eval_every": 500,
     "eval_samples": 60,
     "vision_threads": 1,
@@ -224,6 +231,7 @@ SMOKE = {
     "attention_layers": "1",
     "keyword_layers": "0",
     "phrase_layers": "1",
+    "attribute_layers": "1",
     "lead_steps": 1,
     "lead_start": 0,
     "align_steps": 2,
