@@ -98,6 +98,7 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "attribute_layers": "",
         "attribute_groups": "colour,shape,size,digit",
         "init_parts": "vision_tower,projector,decoder",
+        "position_loss_weight": 0.0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()
@@ -314,7 +315,11 @@ def test_colour_count_labels_count_the_objects_of_each_patchs_colour() -> None:
 
 @pytest.mark.parametrize(
     ("option", "metric"),
-    [("count_loss_weight", "object_patch_count_acc"), ("scene_loss_weight", "patch_scene_count_acc")],
+    [
+        ("count_loss_weight", "object_patch_count_acc"),
+        ("scene_loss_weight", "patch_scene_count_acc"),
+        ("position_loss_weight", "patch_row_acc"),
+    ],
 )
 def test_optional_vision_heads(option: str, metric: str) -> None:
     """A weight > 0 adds the head (logged as `metric`) and its term on top of the same first-step loss."""

@@ -195,7 +195,7 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
     path = Path(zoo_path("svlm-scenes-llava"))
     log = json.loads((path / "training_log.json").read_text())
     # options added after the run, at their defaults
-    added = {"attribute_groups": "colour,shape,size,digit"}
+    added = {"attribute_groups": "colour,shape,size,digit", "position_loss_weight": 0.0}
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
     assert log["num_visual_tokens"] == 576 and log["test_dense"]["num_samples"] == 500
@@ -342,3 +342,15 @@ def test_frozen_projector_and_init_parts(tmp_path):
     assert not torch.equal(*layer)
     fresh = recipe.train(recipe.RecipeConfig(**{**frozen, "init_parts": "vision_tower,decoder"}))
     assert fresh["vision_pretraining"] == [] and fresh["projector_alignment"]
+
+
+def test_position_labels_name_each_tokens_band():
+    from svlm.zoo.recipe.config import POSITION_BANDS
+    from svlm.zoo.recipe.labels import position_labels
+
+    rows, columns = position_labels(336)
+    assert rows.shape == columns.shape == (576,)
+    assert (int(rows[0]), int(columns[0]), int(rows[575]), int(columns[575])) == (0, 0, 11, 11)
+    assert int(columns[23]) == POSITION_BANDS - 1 and int(rows[23]) == 0 and int(rows[24]) == 0
+    assert int(rows[48]) == 1  # the third row of 24 is the second band of 12
+    assert torch.equal(torch.bincount(rows), torch.full((POSITION_BANDS,), 48))

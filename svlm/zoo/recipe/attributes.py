@@ -20,11 +20,14 @@ import torch
 
 from svlm.data import shapes
 from svlm.zoo.recipe import scenes_task
-from svlm.zoo.recipe.config import PATCH_SIZE, VISION_COUNT_CLASSES
-from svlm.zoo.recipe.labels import digit_labels, kind_count_labels, patch_labels, size_labels
-
-#: bands of the token grid the row and column groups name (12: two 14-px cells of a 336-px image each)
-POSITION_BANDS = 12
+from svlm.zoo.recipe.config import POSITION_BANDS, VISION_COUNT_CLASSES
+from svlm.zoo.recipe.labels import (
+    digit_labels,
+    kind_count_labels,
+    patch_labels,
+    position_labels,
+    size_labels,
+)
 
 #: attribute groups and their class counts (colour, shape, size, digit: class 0 is background or "no card";
 #: count: objects of the token's colour and shape, 1, 2, 3, 4+; row, column: the token's band)
@@ -58,16 +61,14 @@ def visual_attribute_labels(
     if not scenes_task.is_scenes(sample):
         raise ValueError("attribute keeping needs svlm-scenes samples (sizes and digits)")
     shape_y, colour_y = patch_labels(sample, image_size, data_image_size, centre_only=True)
-    grid = image_size // PATCH_SIZE
-    index = torch.arange(grid * grid)
     make = {
         "colour": lambda: colour_y,
         "shape": lambda: shape_y,
         "size": lambda: size_labels(sample, image_size, data_image_size),
         "digit": lambda: digit_labels(sample, image_size, data_image_size),
         "count": lambda: kind_count_labels(sample, colour_y),
-        "row": lambda: (index // grid) * POSITION_BANDS // grid,
-        "column": lambda: (index % grid) * POSITION_BANDS // grid,
+        "row": lambda: position_labels(image_size)[0],
+        "column": lambda: position_labels(image_size)[1],
     }
     return torch.stack([make[g]() for g in groups], dim=-1)
 

@@ -10,6 +10,8 @@ from svlm.data import scenes, shapes
 PATCH_SIZE = 14
 VISION_COUNT_CLASSES = 4  # the tower's same-colour count head: 1, 2, 3, 4 or more
 SCENE_COUNT_CLASSES = 4  # the scene-summary head's objects per colour: 0, 1, 2, 3 or more
+#: bands of the token grid that position labels name (12: two 14-px cells of a 336-px image each)
+POSITION_BANDS = 12
 
 
 #: question types of each benchmark the recipe trains on
@@ -40,6 +42,10 @@ class RecipeConfig:
     vision_batch_size: int = 16
     vision_lr: float = 3e-3
     cell_loss_weight: float = 0.1  # weight of the grid-cell head
+    # weight of a head that names, at every patch, its row band and column band (`POSITION_BANDS` each): where
+    # a token lies, finer than the 3x3 cell, for relation questions ("Is the red star left of the blue
+    # cross?"), whose answer a head that copies an object's features can only read if they carry it (0: off)
+    position_loss_weight: float = 0.0
     # shape labels on the patch at each object's centre first (unambiguous), on every patch it covers from
     # this fraction of the stage on, so that all of an object's tokens carry its shape
     shape_dense_from: float = 1.0
@@ -420,6 +426,6 @@ def check_architecture(cfg: RecipeConfig) -> None:
         raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {cfg.image_size}")
     if not cfg.rope_theta > 0:
         raise ValueError(f"rope_theta must be a positive RoPE base (Llama: 10000), got {cfg.rope_theta}")
-    for name in ("count_loss_weight", "scene_loss_weight", "size_loss_weight"):
+    for name in ("count_loss_weight", "scene_loss_weight", "size_loss_weight", "position_loss_weight"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 turns its head off), got {getattr(cfg, name)}")

@@ -11,7 +11,7 @@ import torch
 
 from svlm.data import shapes
 from svlm.zoo.recipe import scenes_task
-from svlm.zoo.recipe.config import PATCH_SIZE, SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES
+from svlm.zoo.recipe.config import PATCH_SIZE, POSITION_BANDS, SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES
 from svlm.zoo.recipe.questions import evidence_objects
 
 
@@ -158,3 +158,10 @@ def cell_labels(image_size: int) -> torch.Tensor:
     centre = (torch.arange(grid) + 0.5) / grid
     band = (centre * shapes.GRID).long().clamp_max(shapes.GRID - 1)
     return (band[:, None] * shapes.GRID + band[None, :]).flatten()
+
+
+def position_labels(image_size: int, bands: int = POSITION_BANDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per visual token: its row band and its column band (0..bands-1) of the token grid."""
+    grid = image_size // PATCH_SIZE
+    index = torch.arange(grid * grid)
+    return (index // grid) * bands // grid, (index % grid) * bands // grid

@@ -17,12 +17,13 @@ from transformers.processing_utils import ProcessorMixin
 from svlm.data import shapes
 from svlm.zoo.recipe import scenes_task
 from svlm.zoo.recipe.batches import training_sample
-from svlm.zoo.recipe.config import SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES, RecipeConfig
+from svlm.zoo.recipe.config import POSITION_BANDS, SCENE_COUNT_CLASSES, VISION_COUNT_CLASSES, RecipeConfig
 from svlm.zoo.recipe.labels import (
     cell_labels,
     colour_count_labels,
     digit_labels,
     patch_labels,
+    position_labels,
     scene_labels,
     size_labels,
 )
@@ -62,8 +63,17 @@ def pretrain_vision(
         head.weight.normal_(0.0, 0.02, generator=gen)
         head.bias.zero_()
     head.to(device)
-    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=cfg.vision_lr, weight_decay=0.0)
+    heads = [head]
+    if cfg.position_loss_weight > 0:  # its own head, so runs without it draw the same numbers as before
+        position_head = torch.nn.Linear(cfg.vision_hidden_size, 2 * POSITION_BANDS)
+        with torch.no_grad():
+            position_head.weight.normal_(0.0, 0.02, generator=gen)
+            position_head.bias.zero_()
+        heads.append(position_head.to(device))
+    params = [p for h in heads for p in h.parameters()]
+    opt = torch.optim.AdamW([*tower.parameters(), *params], lr=cfg.vision_lr, weight_decay=0.0)
     cells = cell_labels(cfg.image_size).to(device)
+    rows, columns = (t.to(device) for t in position_labels(cfg.image_size))
     history: list[dict[str, Any]] = []
     window: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -135,6 +145,12 @@ def pretrain_vision(
             loss = loss + cfg.size_loss_weight * (
                 (ce(size_logits, zy, reduction="none") * size_weight).sum() / size_weight[zy >= 0].sum()
             )
+        if len(heads) > 1:  # row and column band at every patch
+            where = heads[1](hidden[:, 1:]).flatten(0, 1)
+            row_logits, column_logits = where[:, :POSITION_BANDS], where[:, POSITION_BANDS:]
+            loss = loss + cfg.position_loss_weight * 0.5 * (
+                ce(row_logits, rows.repeat(len(images))) + ce(column_logits, columns.repeat(len(images)))
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -157,6 +173,11 @@ def pretrain_vision(
             if n_size:
                 sized = zy > 0
                 metrics["shape_patch_size_acc"] = (size_logits[sized].argmax(-1) == zy[sized]).float().mean()
+            if len(heads) > 1:
+                metrics["patch_row_acc"] = (row_logits.argmax(-1) == rows.repeat(len(images))).float().mean()
+                metrics["patch_column_acc"] = (
+                    (column_logits.argmax(-1) == columns.repeat(len(images))).float().mean()
+                )
             if n_scene:
                 metrics["patch_scene_count_acc"] = (scene_logits.argmax(-1) == scene_targets).float().mean()
             window.append({k: float(v) for k, v in metrics.items()})
