@@ -99,6 +99,8 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "attribute_groups": "colour,shape,size,digit",
         "init_parts": "vision_tower,projector,decoder",
         "position_loss_weight": 0.0,
+        "split_types": "",
+        "position_readout_weight": 0.0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

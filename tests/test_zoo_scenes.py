@@ -195,7 +195,12 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
     path = Path(zoo_path("svlm-scenes-llava"))
     log = json.loads((path / "training_log.json").read_text())
     # options added after the run, at their defaults
-    added = {"attribute_groups": "colour,shape,size,digit", "position_loss_weight": 0.0}
+    added = {
+        "attribute_groups": "colour,shape,size,digit",
+        "position_loss_weight": 0.0,
+        "split_types": "",
+        "position_readout_weight": 0.0,
+    }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
     assert log["num_visual_tokens"] == 576 and log["test_dense"]["num_samples"] == 500

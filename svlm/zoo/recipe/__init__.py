@@ -30,7 +30,12 @@ split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
    (``--attribute-weight``, `svlm.zoo.recipe.attributes`: linear heads must still read each visual token's
    colour, shape, size and digit at the supervised layers) and the readout loss (``--readout-weight``: the
    supervised heads' output, through the LM head, must name the asked attribute); the projector stays as
-   stage 1b aligned it (``--projector-lr-scale 0``).
+   stage 1b aligned it (``--projector-lr-scale 0``). Relation questions ("Where is the red circle relative
+   to the blue star?") compare where two objects lie, which needs three more pieces: stage 1 names each
+   patch's row and column band (``--position-loss-weight``) and attribute keeping keeps them
+   (``--attribute-groups ...,row,column``); the two objects are looked at one per supervised layer
+   (``--split-types relation``: the first at layer 5, the second at layer 8, so no head averages them); and
+   linear heads must read each looked-at object's bands from the heads' output (``--position-readout-weight``).
 
 Everything is seeded and the data are a pure function of the seed and the step, so a run is reproducible up
 to floating-point non-associativity of the kernels.

@@ -22,6 +22,7 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
     images, qas, evidence, keep, attributes = [], [], [], [], []
     groups = parse_attribute_groups(cfg.attribute_groups) if cfg.attribute_weight > 0 else []
     types = parse_question_types(cfg.attention_types, benchmark=cfg.benchmark)
+    split_types = parse_question_types(cfg.split_types, "split_types", cfg.benchmark)
     drop = 0 < cfg.train_visual_tokens < cfg.num_visual_tokens and step < cfg.train_visual_until * cfg.steps
     weights = parse_type_weights(cfg.question_weights, cfg.benchmark)
     lead_types = (
@@ -34,8 +35,10 @@ def train_batch(cfg: RecipeConfig, processor: ProcessorMixin, step: int) -> Pack
         only = lead_types if cfg.lead_start <= step < cfg.lead_start + cfg.lead_steps else None
         qas.append(derived_questions(sample, cfg.questions_per_image, rng, weights, only))
         if cfg.attention_weight > 0:
-            supervised = [q if question_type(q, cfg.benchmark) in types else None for q, _ in qas[-1]]
-            evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size))
+            kinds = [question_type(q, cfg.benchmark) for q, _ in qas[-1]]
+            supervised = [q if t in types else None for (q, _), t in zip(qas[-1], kinds, strict=True)]
+            split = [t in split_types for t in kinds]
+            evidence.append(evidence_tokens(sample, supervised, cfg.image_size, cfg.data_image_size, split))
         if drop:
             keep.append(
                 kept_visual_tokens(sample, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))

@@ -122,6 +122,15 @@ class RecipeConfig:
     # the attributes kept (of `svlm.zoo.recipe.attributes.ATTRIBUTES`: colour, shape, size, digit, count of
     # the token's kind, row and column band)
     attribute_groups: str = "colour,shape,size,digit"
+    # question types whose evidence objects are looked at one per layer (svlm-scenes "relation" asks about
+    # two): the supervised head at the k-th of `attention_layers` attends to the k-th evidence object only
+    # (the last one at later layers) and the key word to the first, so no head averages the two objects
+    # ("Where is the red circle relative to the blue star?": the circle at layer 5, the star at layer 8)
+    split_types: str = ""
+    # for `split_types` questions: weight of linear heads (training only) that must read the attended
+    # object's row and column band from the supervised head's output at each of `attention_layers`, so the
+    # heads copy where the object lies, not only what it is (0 turns it off)
+    position_readout_weight: float = 0.0
     # question types whose attention is supervised (leaving out "count" lets its answer live in how much
     # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
     attention_types: str = "color,shape,count,exist,position"
@@ -346,6 +355,17 @@ def check_config(cfg: RecipeConfig) -> None:
         )
     if cfg.readout_weight > 0:
         parse_question_types(cfg.readout_types, "readout_types", cfg.benchmark)
+    split = parse_question_types(cfg.split_types, "split_types", cfg.benchmark)
+    if cfg.position_readout_weight < 0:
+        raise ValueError(
+            "position_readout_weight must be >= 0 (0 turns the position readout off), got "
+            f"{cfg.position_readout_weight}"
+        )
+    if cfg.position_readout_weight > 0 and not split:
+        raise ValueError(
+            "position_readout_weight > 0 reads the position of split questions' objects: name them in "
+            f"split_types (e.g. 'relation'), got split_types {cfg.split_types!r}"
+        )
     parse_layers(cfg.attribute_layers, cfg.num_layers, "attribute_layers")
     if cfg.attribute_weight < 0:
         raise ValueError(

@@ -136,18 +136,27 @@ def centre_tokens(sample: dict, image_size: int, data_image_size: int) -> list[i
 
 
 def evidence_tokens(
-    sample: dict, questions: Sequence[str | None], image_size: int, data_image_size: int
+    sample: dict,
+    questions: Sequence[str | None],
+    image_size: int,
+    data_image_size: int,
+    split: Sequence[bool] | None = None,
 ) -> list[torch.Tensor | None]:
     """Per question: a bool mask over the visual tokens marking its evidence objects' centre patches (where
     stage 1 put each object's shape), or None when the question is about no object (or is None: not
-    supervised)."""
+    supervised). A question marked in ``split`` that is about several objects gets one mask per object
+    instead, [objects, visual tokens] in the order the question names them."""
     grid = image_size // PATCH_SIZE
     centres = centre_tokens(sample, image_size, data_image_size)
     out: list[torch.Tensor | None] = []
-    for question in questions:
+    for k, question in enumerate(questions):
         idx = evidence_objects(sample, question) if question is not None else []
-        mask = torch.zeros(grid * grid, dtype=torch.bool)
-        mask[[centres[i] for i in idx]] = True
+        if split is not None and split[k] and len(idx) > 1:
+            mask = torch.zeros(len(idx), grid * grid, dtype=torch.bool)
+            mask[torch.arange(len(idx)), [centres[i] for i in idx]] = True
+        else:
+            mask = torch.zeros(grid * grid, dtype=torch.bool)
+            mask[[centres[i] for i in idx]] = True
         out.append(mask if idx else None)
     return out
 

@@ -51,11 +51,18 @@ def packed_loss(
     attribute_probes: AttributeProbes | None = None,
     attribute_weight: float = 0.0,
     stats: dict[str, float] | None = None,
+    position_probes: AttributeProbes | None = None,
+    position_readout_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over answer tokens (plus the attention-supervision term when ``attention_weight`` is
-    set, and the attribute-keeping term of ``attribute_probes`` when ``attribute_weight`` is), and per
-    question whether teacher-forced greedy decoding gets every answer token right (LM head on target
-    positions only). ``stats``, when given, receives the attribute heads' accuracy per layer and group."""
+    set, the attribute-keeping term of ``attribute_probes`` when ``attribute_weight`` is, and the position
+    readout of ``position_probes`` on split questions when ``position_readout_weight`` is), and per question
+    whether teacher-forced greedy decoding gets every answer token right (LM head on target positions only).
+    ``stats``, when given, receives the attribute and position heads' accuracy per layer and group.
+
+    Split questions (``batch.evidence_split``) are looked at one object per layer: the answer position at the
+    k-th of ``attention_layers`` towards the k-th object (the last at later layers), the key word towards the
+    first."""
     kinds_at: dict[int, set[int]] = {}
     for index in attention_layers:
         kinds_at.setdefault(index, set()).add(0)
@@ -88,14 +95,32 @@ def packed_loss(
     logits = model.lm_head(hidden[batch.target_rows, batch.target_cols]).float()
     loss = torch.nn.functional.cross_entropy(logits, batch.targets)
     if supervise:
-        terms, readouts = [], []
+        terms, readouts, positions = [], [], []
         for i, kinds in kinds_at.items():
             attn = model.model.language_model.layers[i].self_attn
             select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
             for k in kinds - {2}:
                 select |= batch.evidence_kinds == k
+            looked_at = split_evidence(batch, list(attention_layers).index(i) if 0 in kinds else 0)
             if bool(select.any()):
-                terms.append(evidence_attention_loss(attn, *captured[i], batch, select))
+                terms.append(evidence_attention_loss(attn, *captured[i], batch, select, looked_at))
+            read_position = (
+                0 in kinds
+                and position_readout_weight > 0
+                and position_probes is not None
+                and batch.evidence_split is not None
+            )
+            if read_position:
+                obj = min(list(attention_layers).index(i), 1)
+                chosen = batch.evidence_split & (batch.evidence_kinds == 0)
+                rows, cols = batch.evidence_rows[chosen], batch.evidence_query_cols[chosen]
+                out = attended_output(attn, *captured[i], batch, rows, cols)
+                out = torch.nn.functional.rms_norm(out, (out.shape[-1],))[None]
+                bands = batch.evidence_object_bands[chosen][None, :, obj]
+                positions.append(position_probes.loss(i, out, bands))
+                if stats is not None:
+                    for name, acc in position_probes.accuracy(i, out, bands).items():
+                        stats[f"L{i}_attended_{name}"] = acc
             if 0 in kinds and readout_weight > 0:
                 read = [kind == 0 and t in readout_types for kind, t in batch.evidence_types]
                 if any(read):
@@ -107,6 +132,8 @@ def packed_loss(
             loss = loss + attention_weight * torch.stack(terms).mean()
         if readouts:
             loss = loss + readout_weight * torch.stack(readouts).mean()
+        if positions:
+            loss = loss + position_readout_weight * torch.stack(positions).mean()
     if keep_attributes:
         start, slots = batch.image_start, batch.visual_labels.shape[1]
         terms = []
@@ -168,11 +195,36 @@ def evidence_readout_loss(
     supervised heads' share of the attention output at the answer position (their attention over the visual
     tokens, values, and their columns of ``o_proj``)."""
     rows, cols = batch.evidence_rows[select], batch.evidence_query_cols[select]
-    scores, v = supervised_visual_attention(attn, hidden, position_embeddings, batch, rows, cols, True)
-    out = (scores.softmax(-1).unsqueeze(2) @ v).flatten(1)  # [n, h' * d]: o_proj's first input columns
-    read = out @ attn.o_proj.weight[:, : out.shape[1]].T
+    read = attended_output(attn, hidden, position_embeddings, batch, rows, cols)
     logits = model.lm_head(model.model.language_model.norm(read)).float()
     return torch.nn.functional.cross_entropy(logits, batch.evidence_answers[select])
+
+
+def attended_output(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    batch: PackedBatch,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """The supervised heads' share of the attention output [n, hidden] at (``rows``, ``cols``): their
+    attention over the visual tokens, values, and their columns of ``o_proj``."""
+    scores, v = supervised_visual_attention(attn, hidden, position_embeddings, batch, rows, cols, True)
+    out = (scores.softmax(-1).unsqueeze(2) @ v).flatten(1)  # [n, h' * d]: o_proj's first input columns
+    return out @ attn.o_proj.weight[:, : out.shape[1]].T
+
+
+def split_evidence(batch: PackedBatch, step: int) -> torch.Tensor | None:
+    """The attention targets [n, visual tokens] at a layer where split questions' answer positions look at
+    their ``step``-th object (the last one past it) and their key words at the first: the whole evidence on
+    rows not split; None when the batch has no split question."""
+    if batch.evidence_split is None:
+        return None
+    masks = batch.evidence_object_masks
+    obj = torch.where(batch.evidence_kinds == 0, min(step, masks.shape[1] - 1), 0)
+    looked_at = masks[torch.arange(len(masks), device=masks.device), obj]
+    return torch.where(batch.evidence_split[:, None], looked_at, batch.evidence_masks)
 
 
 def phrase_attention_loss(
@@ -207,11 +259,14 @@ def evidence_attention_loss(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     batch: PackedBatch,
     select: torch.Tensor | None = None,
+    evidence: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-log of the attention mass that half of the layer's heads put on the question's evidence tokens, among
     the visual tokens, from the position that predicts the answer (rows-only: queries of the supervised
-    positions, keys of the image only). The other heads stay free."""
-    rows, cols, evidence = batch.evidence_rows, batch.evidence_query_cols, batch.evidence_masks
+    positions, keys of the image only). The other heads stay free. ``evidence`` [n, visual tokens] replaces
+    ``batch.evidence_masks`` as the target (`split_evidence`)."""
+    rows, cols = batch.evidence_rows, batch.evidence_query_cols
+    evidence = batch.evidence_masks if evidence is None else evidence
     if select is not None:
         rows, cols, evidence = rows[select], cols[select], evidence[select]
     scores, _ = supervised_visual_attention(attn, hidden, position_embeddings, batch, rows, cols)

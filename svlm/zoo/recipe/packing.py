@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.packed_attention import PackedLayout
+from svlm.zoo.recipe.config import POSITION_BANDS
 from svlm.zoo.recipe.questions import keyword_end, phrase_start, prompt_text, question_type
 
 
@@ -34,6 +36,12 @@ class PackedBatch:
     evidence_kinds: torch.Tensor | None = None  # 0: the answer position, 1: the question's key word
     evidence_answers: torch.Tensor | None = None  # [n] the answer's first token id (for the readout loss)
     evidence_types: list[tuple[int, str]] | None = None  # per row: its kind and its question's type
+    # questions whose evidence objects are looked at one per layer (``split_types``; None when the batch has
+    # none): per row whether it is split, its first and last object's tokens [n, 2, visual tokens] (both the
+    # whole evidence on rows not split), and those objects' row and column bands [n, 2, 2] (-100: not split)
+    evidence_split: torch.Tensor | None = None
+    evidence_object_masks: torch.Tensor | None = None
+    evidence_object_bands: torch.Tensor | None = None
     image_start: int = 0
     # phrase supervision: per supervised question, its sequence, the answer position, the positions of its
     # branch up to there [n, L] (padded, ``phrase_valid``) and which of them are the words naming the evidence
@@ -80,6 +88,8 @@ def pack(
 
     Branch tokens are the tokens the single-question prompt has after the prefix, followed by the answer and
     ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
+    ``evidence`` holds per question a mask over the visual tokens, or [objects, visual tokens] for a question
+    whose objects are looked at one per layer (see `evidence_tokens`), or None (not supervised).
     ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
     original positions, as a drop-only pruning method would: the sequences are then shorter by the number of
     visual tokens dropped. ``benchmark`` ("shapes" or "scenes") types the questions and finds their key words.
@@ -142,6 +152,8 @@ def pack(
     mask = torch.zeros((b, 1, t, t), dtype=torch.bool)
     rows, cols, targets, owner = [], [], [], []
     ev_rows, ev_cols, ev_masks, ev_kinds, ev_answers, ev_types = [], [], [], [], [], []
+    ev_split, ev_objects, ev_bands = [], [], []
+    grid = math.isqrt(num_image)
     ph_rows, ph_query, ph_keys, ph_targets = [], [], [], []
     num_questions = 0
     for i, (ids, p, spans) in enumerate(zip(seqs, prefix_lens, branches, strict=True)):
@@ -155,10 +167,24 @@ def pack(
         for k, (start, length, answer_len) in enumerate(spans):
             end = start + length
             if evidence is not None and evidence[i][k] is not None:
+                full = evidence[i][k]
+                split = full.ndim == 2
+                objects = full[[0, -1]] if split else full.expand(2, -1)
+                if visual_keep is not None:
+                    objects = objects[:, visual_keep[i]]
+                centre = (
+                    objects.int().argmax(-1)
+                    if visual_keep is None
+                    else visual_keep[i][objects.int().argmax(-1)]
+                )
+                bands = torch.stack([centre // grid, centre % grid], -1) * POSITION_BANDS // grid
                 for kind, col in enumerate((end - answer_len - 1, keyword_cols[i][k])):
                     ev_rows.append(i)
                     ev_cols.append(col)
-                    ev_masks.append(evidence[i][k] if visual_keep is None else evidence[i][k][visual_keep[i]])
+                    ev_masks.append(objects.any(0) if split else objects[0])
+                    ev_split.append(split)
+                    ev_objects.append(objects)
+                    ev_bands.append(bands if split else torch.full((2, 2), -100))
                     ev_kinds.append(kind)
                     ev_answers.append(ids[end - answer_len])
                     ev_types.append((kind, question_type(qas[i][k][0], benchmark)))
@@ -204,6 +230,9 @@ def pack(
         evidence_kinds=torch.tensor(ev_kinds) if ev_rows else None,
         evidence_answers=torch.tensor(ev_answers) if ev_rows else None,
         evidence_types=ev_types if ev_rows else None,
+        evidence_split=torch.tensor(ev_split) if any(ev_split) else None,
+        evidence_object_masks=torch.stack(ev_objects) if any(ev_split) else None,
+        evidence_object_bands=torch.stack(ev_bands) if any(ev_split) else None,
         image_start=image_start,
         phrase_rows=torch.tensor(ph_rows) if ph_rows else None,
         phrase_query_cols=torch.tensor(ph_query) if ph_rows else None,

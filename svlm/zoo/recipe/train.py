@@ -88,13 +88,24 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         if cfg.attribute_weight > 0 and attribute_layers
         else None
     )
+    position_probes = (
+        AttributeProbes(cfg.hidden_size, attention_layers, ("row", "column")).to(device)
+        if cfg.position_readout_weight > 0
+        else None
+    )
     scales = {
         "model.vision_tower.": cfg.vision_lr_scale,
         "model.multi_modal_projector.": cfg.projector_lr_scale,
     }
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    named = list(model.named_parameters()) + (
-        [(f"attribute_probes.{n}", p) for n, p in probes.named_parameters()] if probes is not None else []
+    named = (
+        list(model.named_parameters())
+        + ([(f"attribute_probes.{n}", p) for n, p in probes.named_parameters()] if probes is not None else [])
+        + (
+            [(f"position_probes.{n}", p) for n, p in position_probes.named_parameters()]
+            if position_probes is not None
+            else []
+        )
     )
     for name, param in named:
         if not param.requires_grad:
@@ -164,6 +175,8 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             cfg.attribute_weight,
             # the attribute heads' accuracy costs host syncs: measured on logging steps only
             stats := {} if (step + 1) % log_every == 0 or step + 1 == cfg.steps else None,
+            position_probes,
+            cfg.position_readout_weight,
         )
         for name, acc in (stats or {}).items():
             window_attr.setdefault(name, []).append(acc)
