@@ -135,3 +135,46 @@ def test_smoke_run_with_split_relations(tmp_path):
     )
     assert log["config"]["split_types"] == "relation"
     assert any(k.endswith("attended_row") for k in log["steps"][-1].get("attribute_acc", {}))
+
+
+def test_coordinate_groups_are_regressions_onto_the_band():
+    from svlm.zoo.recipe.attributes import ORDINAL
+
+    assert ORDINAL == {"row_coord", "column_coord"}
+    probes = AttributeProbes(4, [0], ("row", "row_coord"))
+    assert probes.heads["0"][0].out_features == 12 and probes.heads["0"][1].out_features == 1
+    bands = torch.tensor([[0, 3, 11, -100]])  # -100: not asked
+    coordinate = torch.where(bands >= 0, bands * 2 / 11 - 1, 5.0)  # a hidden unit that holds the coordinate
+    hidden = torch.zeros(1, 4, 4)
+    hidden[..., 0] = coordinate
+    assert torch.isfinite(probes.loss(0, hidden, torch.stack([bands, bands], -1)))
+    head = probes.heads["0"][1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, 0] = 1.0
+        head.bias.zero_()
+    exact = AttributeProbes(4, [0], ("row_coord",))
+    exact.heads["0"][0].load_state_dict(head.state_dict())
+    assert float(exact.loss(0, hidden, bands[..., None])) == pytest.approx(0.0, abs=1e-10)
+    assert exact.accuracy(0, hidden, bands[..., None]) == {"row_coord": 1.0}
+    with torch.no_grad():
+        head.bias.fill_(2 / 11)  # one band off everywhere
+    exact.heads["0"][0].load_state_dict(head.state_dict())
+    assert float(exact.loss(0, hidden, bands[..., None])) == pytest.approx(0.5)  # half a squared band
+    # bands 0 and 3 read as 1 and 4; band 11 reads as 12, clamped to the last band
+    assert exact.accuracy(0, hidden, bands[..., None]) == {"row_coord": pytest.approx(1 / 3)}
+
+
+def test_position_readout_reads_coordinates_when_asked():
+    cfg = recipe.RecipeConfig(**{**SPLIT, "position_readout_groups": "column_coord,row_coord"})
+    recipe.check_config(cfg)
+    model, processor = recipe.build_model(cfg)
+    batch = recipe.train_batch(cfg, processor, STEP)
+    probes = AttributeProbes(cfg.hidden_size, [0, 1], ("column_coord", "row_coord"))
+    stats: dict[str, float] = {}
+    loss, _ = packed_loss(
+        model, batch, [0, 1], 1.0, [], stats=stats, position_probes=probes, position_readout_weight=1.0
+    )
+    assert torch.isfinite(loss) and {"L0_attended_column_coord", "L1_attended_row_coord"} <= set(stats)
+    with pytest.raises(ValueError, match="position_readout_groups must name groups of"):
+        recipe.check_config(recipe.RecipeConfig(**{**SPLIT, "position_readout_groups": "colour"}))

@@ -35,7 +35,8 @@ split in two stages, like LLaVA (whose tower comes pretrained from CLIP):
    patch's row and column band (``--position-loss-weight``) and attribute keeping keeps them
    (``--attribute-groups ...,row,column``); the two objects are looked at one per supervised layer
    (``--split-types relation``: the first at layer 5, the second at layer 8, so no head averages them); and
-   linear heads must read each looked-at object's bands from the heads' output (``--position-readout-weight``).
+   linear heads must read each looked-at object's bands from the heads' output
+   (``--position-readout-weight``, as classes or as coordinates: ``--position-readout-groups``).
 
 Everything is seeded and the data are a pure function of the seed and the step, so a run is reproducible up
 to floating-point non-associativity of the kernels.

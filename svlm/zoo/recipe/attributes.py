@@ -40,16 +40,28 @@ ATTRIBUTES: dict[str, int] = {
     "count": VISION_COUNT_CLASSES,
     "row": POSITION_BANDS,
     "column": POSITION_BANDS,
+    "row_coord": POSITION_BANDS,
+    "column_coord": POSITION_BANDS,
 }
+#: groups read by a linear regression instead of a classifier: the band as a coordinate in [-1, 1]. A class
+#: code of the bands lets a head copy where one object lies, but comparing two of them ("left of") is then
+#: a nonlinear function of two codes; a coordinate read along one direction makes it a difference.
+ORDINAL: frozenset[str] = frozenset({"row_coord", "column_coord"})
 
 
-def parse_attribute_groups(spec: str) -> list[str]:
-    """``"colour,digit"`` -> ["colour", "digit"], checked against `ATTRIBUTES`."""
+def parse_attribute_groups(
+    spec: str, option: str = "attribute_groups", valid: Sequence[str] = tuple(ATTRIBUTES)
+) -> list[str]:
+    """``"colour,digit"`` -> ["colour", "digit"], checked against ``valid`` (errors name ``option``)."""
     groups = [g.strip() for g in spec.split(",") if g.strip()]
-    bad = [g for g in groups if g not in ATTRIBUTES]
+    bad = [g for g in groups if g not in valid]
     if bad or not groups:
-        raise ValueError(f"attribute_groups must name groups of {list(ATTRIBUTES)}, got {spec!r}")
+        raise ValueError(f"{option} must name groups of {list(valid)}, got {spec!r}")
     return groups
+
+
+#: what the position readout can ask of a looked-at object (`position_readout_groups`)
+POSITION_GROUPS: tuple[str, ...] = ("row", "column", "row_coord", "column_coord")
 
 
 def visual_attribute_labels(
@@ -69,12 +81,15 @@ def visual_attribute_labels(
         "count": lambda: kind_count_labels(sample, colour_y),
         "row": lambda: position_labels(image_size)[0],
         "column": lambda: position_labels(image_size)[1],
+        "row_coord": lambda: position_labels(image_size)[0],
+        "column_coord": lambda: position_labels(image_size)[1],
     }
     return torch.stack([make[g]() for g in groups], dim=-1)
 
 
 class AttributeProbes(torch.nn.Module):
-    """One linear head per (layer, attribute group) on the decoder's normalised hidden states."""
+    """One linear head per (layer, attribute group) on the decoder's normalised hidden states: a classifier,
+    or for `ORDINAL` groups a regression onto the band as a coordinate in [-1, 1]."""
 
     def __init__(self, hidden_size: int, layers: Sequence[int], groups: Sequence[str] = tuple(ATTRIBUTES)):
         super().__init__()
@@ -83,7 +98,7 @@ class AttributeProbes(torch.nn.Module):
         self.heads = torch.nn.ModuleDict(
             {
                 str(layer): torch.nn.ModuleList(
-                    torch.nn.Linear(hidden_size, ATTRIBUTES[g]) for g in self.groups
+                    torch.nn.Linear(hidden_size, 1 if g in ORDINAL else ATTRIBUTES[g]) for g in self.groups
                 )
                 for layer in self.layers
             }
@@ -94,23 +109,39 @@ class AttributeProbes(torch.nn.Module):
         ``labels`` [b, k, groups] (-100 ignored)."""
         terms = []
         flat = visual_hidden.flatten(0, 1)
-        for g, head in enumerate(self.heads[str(layer)]):
+        for g, (name, head) in enumerate(zip(self.groups, self.heads[str(layer)], strict=True)):
             y = labels[..., g].flatten()
             asked = y >= 0
             # a masked mean instead of skipping groups with no label: no host sync on a GPU
-            ce = torch.nn.functional.cross_entropy(head(flat).float(), y.clamp_min(0), reduction="none")
+            if name in ORDINAL:
+                # squared error in band units / 2 (about a cross-entropy's scale at the start)
+                error = (head(flat).float().squeeze(-1) - _coordinate(y, name)) * (ATTRIBUTES[name] - 1) / 2
+                ce = 0.5 * error.square()
+            else:
+                ce = torch.nn.functional.cross_entropy(head(flat).float(), y.clamp_min(0), reduction="none")
             terms.append((ce * asked).sum() / asked.sum().clamp_min(1))
         return torch.stack(terms).mean()
 
     @torch.no_grad()
     def accuracy(self, layer: int, visual_hidden: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Per attribute group: the heads' accuracy on the tokens asked (object tokens for the object
-        attributes, every token for row and column), for the logs."""
+        attributes, every token for row and column; a coordinate is right when it rounds to the band), for
+        the logs."""
         out = {}
         for g, (name, head) in enumerate(zip(self.groups, self.heads[str(layer)], strict=True)):
             y = labels[..., g].flatten()
-            asked = y >= 0 if name in ("row", "column", "count") else y > 0
+            asked = y >= 0 if name in ("row", "column", "count", *ORDINAL) else y > 0
             if bool(asked.any()):
-                pred = head(visual_hidden.flatten(0, 1)[asked]).argmax(-1)
+                logits = head(visual_hidden.flatten(0, 1)[asked])
+                if name in ORDINAL:
+                    bands = ATTRIBUTES[name]
+                    pred = ((logits.squeeze(-1) + 1) * (bands - 1) / 2).round().clamp(0, bands - 1).long()
+                else:
+                    pred = logits.argmax(-1)
                 out[name] = float((pred == y[asked]).float().mean())
         return out
+
+
+def _coordinate(bands: torch.Tensor, group: str) -> torch.Tensor:
+    """Band indices as coordinates in [-1, 1] (negative labels, not asked, map outside and are masked)."""
+    return bands.float() * 2 / (ATTRIBUTES[group] - 1) - 1

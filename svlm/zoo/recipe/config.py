@@ -131,6 +131,9 @@ class RecipeConfig:
     # object's row and column band from the supervised head's output at each of `attention_layers`, so the
     # heads copy where the object lies, not only what it is (0 turns it off)
     position_readout_weight: float = 0.0
+    # what those heads read: the bands as classes ("row,column") or as coordinates ("row_coord,column_coord",
+    # `svlm.zoo.recipe.attributes.ORDINAL`)
+    position_readout_groups: str = "row,column"
     # question types whose attention is supervised (leaving out "count" lets its answer live in how much
     # attention the matching objects get, which full mass on them hides; it did not help at 2000 steps)
     attention_types: str = "color,shape,count,exist,position"
@@ -380,9 +383,11 @@ def check_config(cfg: RecipeConfig) -> None:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 freezes the part in stage 2), got {getattr(cfg, name)}")
     parse_init_parts(cfg.init_parts)
-    from svlm.zoo.recipe.attributes import parse_attribute_groups  # it builds on this module's constants
+    # imported here: attributes builds on this module's constants
+    from svlm.zoo.recipe.attributes import POSITION_GROUPS, parse_attribute_groups
 
     parse_attribute_groups(cfg.attribute_groups)
+    parse_attribute_groups(cfg.position_readout_groups, "position_readout_groups", POSITION_GROUPS)
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")

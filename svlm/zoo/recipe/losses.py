@@ -116,7 +116,8 @@ def packed_loss(
                 rows, cols = batch.evidence_rows[chosen], batch.evidence_query_cols[chosen]
                 out = attended_output(attn, *captured[i], batch, rows, cols)
                 out = torch.nn.functional.rms_norm(out, (out.shape[-1],))[None]
-                bands = batch.evidence_object_bands[chosen][None, :, obj]
+                axes = [0 if g.startswith("row") else 1 for g in position_probes.groups]
+                bands = batch.evidence_object_bands[chosen][None, :, obj][..., axes]
                 positions.append(position_probes.loss(i, out, bands))
                 if stats is not None:
                     for name, acc in position_probes.accuracy(i, out, bands).items():

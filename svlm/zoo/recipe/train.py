@@ -17,7 +17,7 @@ from transformers import (
 from transformers.processing_utils import ProcessorMixin
 
 from svlm.zoo.recipe.align import ALIGN_WORD_GROUPS, align_projector, word_token_ids
-from svlm.zoo.recipe.attributes import AttributeProbes, parse_attribute_groups
+from svlm.zoo.recipe.attributes import POSITION_GROUPS, AttributeProbes, parse_attribute_groups
 from svlm.zoo.recipe.batches import train_batch
 from svlm.zoo.recipe.config import (
     RecipeConfig,
@@ -89,7 +89,11 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         else None
     )
     position_probes = (
-        AttributeProbes(cfg.hidden_size, attention_layers, ("row", "column")).to(device)
+        AttributeProbes(
+            cfg.hidden_size,
+            attention_layers,
+            parse_attribute_groups(cfg.position_readout_groups, "position_readout_groups", POSITION_GROUPS),
+        ).to(device)
         if cfg.position_readout_weight > 0
         else None
     )
