@@ -11,7 +11,7 @@ import torch
 from svlm.zoo import train_default as recipe
 from svlm.zoo.recipe.attributes import AttributeProbes
 from svlm.zoo.recipe.batches import training_sample
-from svlm.zoo.recipe.labels import centre_tokens, evidence_tokens, position_labels
+from svlm.zoo.recipe.labels import centre_tokens, evidence_tokens, object_coverage, position_labels
 from svlm.zoo.recipe.losses import packed_loss, split_evidence
 
 SPLIT = {
@@ -41,16 +41,19 @@ def _relation_sample() -> tuple[dict, str]:
 def test_split_evidence_names_each_object_in_the_questions_order():
     sample, question = _relation_sample()
     first, second = recipe.evidence_objects(sample, question)
-    centres = centre_tokens(sample, 224, 336)
-    whole, split = evidence_tokens(sample, [question, question], 224, 336, [False, True])
-    assert whole.shape == (256,) and set(whole.nonzero().flatten().tolist()) == {
+    centres = centre_tokens(sample, 336, 336)
+    whole, split = evidence_tokens(sample, [question, question], 336, 336, [False, True])
+    assert whole.shape == (576,) and set(whole.nonzero().flatten().tolist()) == {
         centres[first],
         centres[second],
     }
-    assert split.shape == (2, 256)
-    assert split[0].nonzero().flatten().tolist() == [centres[first]]
-    assert split[1].nonzero().flatten().tolist() == [centres[second]]
-    assert torch.equal(split.any(0), whole)
+    assert split.shape == (2, 576) and split.dtype == torch.uint8
+    cover = object_coverage(sample, 336, 336)
+    for row, obj in zip(split, (first, second), strict=True):
+        assert (row == 2).nonzero().flatten().tolist() == [centres[obj]]  # the centre, marked
+        assert torch.equal(row == 1, (cover[obj] > 0.5) & (torch.arange(576) != centres[obj]))
+    assert torch.equal((split == 2).any(0), whole)
+    assert int((split[0] > 0).sum()) > 1  # the whole object is the target, not its centre only
 
 
 def test_packed_split_rows_carry_each_objects_tokens_and_bands():
@@ -68,11 +71,13 @@ def test_packed_split_rows_carry_each_objects_tokens_and_bands():
             assert torch.equal(objects[0], batch.evidence_masks[m]) and torch.equal(objects[1], objects[0])
             assert (batch.evidence_object_bands[m] == -100).all()
             continue
-        assert int(objects[0].sum()) == int(objects[1].sum()) == 1 and not torch.equal(objects[0], objects[1])
-        assert torch.equal(objects.any(0), batch.evidence_masks[m])
+        assert not torch.equal(objects[0], objects[1]) and not (objects[0] & objects[1]).any()
+        assert int(batch.evidence_masks[m].sum()) == 2  # the whole evidence: the two centres
         keep = batch.visual_keep[int(batch.evidence_rows[m])]
         for o in range(2):
-            token = int(keep[objects[o].nonzero().item()])  # back to the full grid
+            centre = keep[batch.evidence_masks[m] & objects[o]]  # back to the full grid
+            assert len(centre) == 1
+            token = int(centre[0])
             assert batch.evidence_object_bands[m, o].tolist() == [int(rows[token]), int(cols[token])]
     # the answer position looks at the first object at the first layer, the second at later ones; the key word
     # at the first always

@@ -144,16 +144,21 @@ def evidence_tokens(
 ) -> list[torch.Tensor | None]:
     """Per question: a bool mask over the visual tokens marking its evidence objects' centre patches (where
     stage 1 put each object's shape), or None when the question is about no object (or is None: not
-    supervised). A question marked in ``split`` that is about several objects gets one mask per object
-    instead, [objects, visual tokens] in the order the question names them."""
+    supervised). A question marked in ``split`` that is about several objects gets one row per object
+    instead, [objects, visual tokens] uint8 in the order the question names them: 2 at the object's centre
+    token, 1 at the other tokens it covers more than half of (a head that looks at one object should copy
+    where it lies: all of its tokens agree on that, so the whole object is the target), 0 elsewhere."""
     grid = image_size // PATCH_SIZE
     centres = centre_tokens(sample, image_size, data_image_size)
     out: list[torch.Tensor | None] = []
+    cover: torch.Tensor | None = None
     for k, question in enumerate(questions):
         idx = evidence_objects(sample, question) if question is not None else []
         if split is not None and split[k] and len(idx) > 1:
-            mask = torch.zeros(len(idx), grid * grid, dtype=torch.bool)
-            mask[torch.arange(len(idx)), [centres[i] for i in idx]] = True
+            if cover is None:
+                cover = object_coverage(sample, image_size, data_image_size)
+            mask = (cover[idx] > 0.5).to(torch.uint8)
+            mask[torch.arange(len(idx)), [centres[i] for i in idx]] = 2
         else:
             mask = torch.zeros(grid * grid, dtype=torch.bool)
             mask[[centres[i] for i in idx]] = True

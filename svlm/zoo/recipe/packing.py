@@ -89,7 +89,8 @@ def pack(
     Branch tokens are the tokens the single-question prompt has after the prefix, followed by the answer and
     ``</s>``; each branch attends to the prefix and causally to itself, with positions continuing the prefix.
     ``evidence`` holds per question a mask over the visual tokens, or [objects, visual tokens] for a question
-    whose objects are looked at one per layer (see `evidence_tokens`), or None (not supervised).
+    whose objects are looked at one per layer (see `evidence_tokens`: 2 marks each object's centre, whose
+    row and column bands the position readout asks for), or None (not supervised).
     ``visual_keep`` [b, k] (sorted visual-token indices per image) keeps only those visual tokens, at their
     original positions, as a drop-only pruning method would: the sequences are then shorter by the number of
     visual tokens dropped. ``benchmark`` ("shapes" or "scenes") types the questions and finds their key words.
@@ -170,18 +171,17 @@ def pack(
                 full = evidence[i][k]
                 split = full.ndim == 2
                 objects = full[[0, -1]] if split else full.expand(2, -1)
+                centre = objects.int().argmax(-1)  # split rows: 2 marks each object's centre token
+                # the whole evidence of a split row: its objects' centre tokens, as for other questions
+                whole = (full == 2).any(0) if split else full
+                objects = objects > 0
                 if visual_keep is not None:
-                    objects = objects[:, visual_keep[i]]
-                centre = (
-                    objects.int().argmax(-1)
-                    if visual_keep is None
-                    else visual_keep[i][objects.int().argmax(-1)]
-                )
+                    objects, whole = objects[:, visual_keep[i]], whole[visual_keep[i]]
                 bands = torch.stack([centre // grid, centre % grid], -1) * POSITION_BANDS // grid
                 for kind, col in enumerate((end - answer_len - 1, keyword_cols[i][k])):
                     ev_rows.append(i)
                     ev_cols.append(col)
-                    ev_masks.append(objects.any(0) if split else objects[0])
+                    ev_masks.append(whole)
                     ev_split.append(split)
                     ev_objects.append(objects)
                     ev_bands.append(bands if split else torch.full((2, 2), -100))
