@@ -146,7 +146,7 @@ def evidence_tokens(
     stage 1 put each object's shape), or None when the question is about no object (or is None: not
     supervised). A question marked in ``split`` that is about several objects gets one row per object
     instead, [objects, visual tokens] uint8 in the order the question names them: 2 at the object's centre
-    token, 1 at the other tokens it covers more than half of (a head that looks at one object should copy
+    token, 1 at the other tokens it covers more than a quarter of (a head that looks at one object should copy
     where it lies: all of its tokens agree on that, so the whole object is the target), 0 elsewhere."""
     grid = image_size // PATCH_SIZE
     centres = centre_tokens(sample, image_size, data_image_size)
@@ -157,7 +157,7 @@ def evidence_tokens(
         if split is not None and split[k] and len(idx) > 1:
             if cover is None:
                 cover = object_coverage(sample, image_size, data_image_size)
-            mask = (cover[idx] > 0.5).to(torch.uint8)
+            mask = (cover[idx] > 0.25).to(torch.uint8)
             mask[torch.arange(len(idx)), [centres[i] for i in idx]] = 2
         else:
             mask = torch.zeros(grid * grid, dtype=torch.bool)
