@@ -200,6 +200,7 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
         "position_loss_weight": 0.0,
         "split_types": "",
         "position_readout_weight": 0.0,
+        "position_readout_groups": "row,column",
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
