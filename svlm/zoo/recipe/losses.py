@@ -101,7 +101,10 @@ def packed_loss(
             select = torch.zeros_like(batch.evidence_kinds, dtype=torch.bool)
             for k in kinds - {2}:
                 select |= batch.evidence_kinds == k
-            looked_at = split_evidence(batch, list(attention_layers).index(i) if 0 in kinds else 0)
+            # split questions: the answer position looks at the object of this layer's rank among
+            # attention_layers (`split_evidence`), the key word at the first
+            step = list(attention_layers).index(i) if 0 in kinds else 0
+            looked_at = split_evidence(batch, step)
             if bool(select.any()):
                 terms.append(evidence_attention_loss(attn, *captured[i], batch, select, looked_at))
             read_position = (
@@ -111,7 +114,7 @@ def packed_loss(
                 and batch.evidence_split is not None
             )
             if read_position:
-                obj = min(list(attention_layers).index(i), 1)
+                obj = min(step, batch.evidence_object_bands.shape[1] - 1)  # as in `split_evidence`
                 chosen = batch.evidence_split & (batch.evidence_kinds == 0)
                 rows, cols = batch.evidence_rows[chosen], batch.evidence_query_cols[chosen]
                 out = attended_output(attn, *captured[i], batch, rows, cols)

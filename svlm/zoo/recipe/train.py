@@ -102,15 +102,10 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         "model.multi_modal_projector.": cfg.projector_lr_scale,
     }
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    named = (
-        list(model.named_parameters())
-        + ([(f"attribute_probes.{n}", p) for n, p in probes.named_parameters()] if probes is not None else [])
-        + (
-            [(f"position_probes.{n}", p) for n, p in position_probes.named_parameters()]
-            if position_probes is not None
-            else []
-        )
-    )
+    named = list(model.named_parameters())
+    for prefix, heads in (("attribute_probes", probes), ("position_probes", position_probes)):
+        if heads is not None:  # training-only heads, optimised with the model, discarded with the run
+            named += [(f"{prefix}.{n}", p) for n, p in heads.named_parameters()]
     for name, param in named:
         if not param.requires_grad:
             continue
