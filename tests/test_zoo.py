@@ -102,6 +102,7 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "split_types": "",
         "position_readout_weight": 0.0,
         "position_readout_groups": "row,column",
+        "stop_after": 0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

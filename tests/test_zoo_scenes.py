@@ -201,6 +201,7 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
         "split_types": "",
         "position_readout_weight": 0.0,
         "position_readout_groups": "row,column",
+        "stop_after": 0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)

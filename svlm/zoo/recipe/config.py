@@ -76,6 +76,10 @@ class RecipeConfig:
     align_cells: bool = False
     # stage 2: end-to-end VQA training of the whole model
     steps: int = 5600
+    # train only the first `stop_after` steps of the `steps`-long schedule (0: all of it), as a run stopped
+    # there would; what replaying a chain needs for a stage that was stopped and continued from its
+    # partial save (`python -m svlm.zoo.recipe.replay`)
+    stop_after: int = 0
     vision_lr_scale: float = 0.0  # the vision tower's stage-2 learning rate relative to `lr` (0: frozen)
     # the projector's stage-2 learning rate relative to `lr` (0: frozen after stage 1b). Trained at full rate
     # on svlm-scenes its outputs grew 7x in norm and lost their alignment: the nearest colour word of a
@@ -391,6 +395,10 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")
+    if not 0 <= cfg.stop_after <= cfg.steps:
+        raise ValueError(
+            f"stop_after must be between 0 (train every step) and steps ({cfg.steps}), got {cfg.stop_after}"
+        )
     if cfg.align_steps < 0:
         raise ValueError(f"align_steps must be >= 0 (0 skips projector alignment), got {cfg.align_steps}")
     if cfg.lead_start < 0:

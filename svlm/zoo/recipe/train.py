@@ -156,7 +156,8 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     window: list[float] = []
     window_acc: dict[str, list[float]] = {}
     window_attr: dict[str, list[float]] = {}
-    for step in range(cfg.steps):
+    last_step = cfg.stop_after or cfg.steps
+    for step in range(last_step):
         model.train()
         batch = train_batch(cfg, processor, step).to(device)
         for group in opt.param_groups:
@@ -173,7 +174,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             probes,
             cfg.attribute_weight,
             # the attribute heads' accuracy costs host syncs: measured on logging steps only
-            stats := {} if (step + 1) % log_every == 0 or step + 1 == cfg.steps else None,
+            stats := {} if (step + 1) % log_every == 0 or step + 1 == last_step else None,
             position_probes,
             cfg.position_readout_weight,
         )
@@ -188,7 +189,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         for qtype, ok in zip(batch.question_types, correct.tolist(), strict=True):
             window_acc.setdefault("all", []).append(ok)
             window_acc.setdefault(qtype, []).append(ok)
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == last_step:
             entry = {
                 "step": step + 1,
                 "loss": float(np.mean(window)),
@@ -201,7 +202,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
             log["steps"].append(entry)
             window, window_acc, window_attr = [], {}, {}
             print(json.dumps(entry), flush=True)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < last_step:
             val = validate(step + 1)
             print(json.dumps({"val": val}), flush=True)
             if output_dir is not None:  # a partial model to use if the run is stopped
@@ -209,7 +210,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
                 save(model, processor, log, output_dir)
     log["train_time_s"] = round(time.perf_counter() - start, 1)
     model.eval()
-    val = validate(cfg.steps)
+    val = validate(last_step)
     if cfg.test_samples > 0:
         log["test_dense"] = evaluate(
             model,
@@ -274,9 +275,12 @@ def earlier_runs(path: str | Path) -> dict[str, Any]:
     if not saved.is_file():
         return {"path": str(path), "config": None}
     earlier = json.loads(saved.read_text())
+    steps = earlier.get("steps") or []
     return {
         "path": str(path),
         "config": earlier.get("config"),
+        # fewer than the config's steps when that run was stopped and continued from a partial save
+        "trained_steps": steps[-1]["step"] if steps else 0,
         "test_dense": earlier.get("test_dense"),
         "continued_from": earlier.get("continued_from"),
     }
