@@ -61,6 +61,13 @@ class RecipeConfig:
     # 3+), global content of the kind CLIP features carry; counting then reads one token's features instead of
     # aggregating attention over several objects (0 turns it off)
     scene_loss_weight: float = 0.0
+    # stage 1c, on a model loaded by `init_from`: fine-tune its tower for this many steps so that each patch's
+    # row and column band become readable from the visual tokens while the tokens stay as the decoder knows
+    # them (`svlm.zoo.recipe.graft`; 0 skips it)
+    position_graft_steps: int = 0
+    position_graft_lr: float = 1e-3
+    # weight of the tokens' squared change relative to their squared norm against the position head's loss
+    position_graft_keep_weight: float = 10.0
     # stage 1b: projector alignment (LLaVA's projector pretraining, here on the scene annotation): the visual
     # tokens are pulled towards the input embeddings of the words that name their object's colour and shape,
     # so that a question's key words and the image tokens they are about start out alike (0 skips it)
@@ -395,6 +402,18 @@ def check_config(cfg: RecipeConfig) -> None:
     parse_type_weights(cfg.question_weights, cfg.benchmark)
     if not parse_question_types(cfg.lead_types, "lead_types", cfg.benchmark) and cfg.lead_steps > 0:
         raise ValueError("lead_types must name at least one question type when lead_steps > 0")
+    if cfg.position_graft_steps < 0 or cfg.position_graft_keep_weight < 0:
+        raise ValueError(
+            "position_graft_steps and position_graft_keep_weight must be >= 0, got "
+            f"{cfg.position_graft_steps} and {cfg.position_graft_keep_weight}"
+        )
+    if cfg.position_graft_steps > 0 and not (
+        cfg.init_from and "projector" in parse_init_parts(cfg.init_parts)
+    ):
+        raise ValueError(
+            "position_graft_steps > 0 keeps a trained model's visual tokens: give init_from (with the "
+            f"projector in init_parts), got init_from {cfg.init_from!r}, init_parts {cfg.init_parts!r}"
+        )
     if not 0 <= cfg.stop_after <= cfg.steps:
         raise ValueError(
             f"stop_after must be between 0 (train every step) and steps ({cfg.steps}), got {cfg.stop_after}"

@@ -27,6 +27,7 @@ from svlm.zoo.recipe.config import (
     parse_question_types,
 )
 from svlm.zoo.recipe.evaluate import evaluate
+from svlm.zoo.recipe.graft import graft_positions
 from svlm.zoo.recipe.losses import packed_loss
 from svlm.zoo.recipe.model import build_model
 from svlm.zoo.recipe.vision import pretrain_vision
@@ -75,6 +76,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
     vision_log = pretrain_vision(model, processor, cfg) if run_vision else []
     run_align = cfg.align_steps > 0 and "projector" not in loaded
     align_log = align_projector(model, processor, cfg) if run_align else []
+    graft_log = graft_positions(model, processor, cfg) if cfg.position_graft_steps > 0 else []
     torch.set_num_threads(cfg.threads)
     if cfg.vision_lr_scale == 0:
         model.model.vision_tower.requires_grad_(False)
@@ -132,6 +134,7 @@ def _train(cfg: RecipeConfig, output_dir: str | Path | None, log_every: int) -> 
         "torch_version": torch.__version__,
         "vision_pretraining": vision_log,
         "projector_alignment": align_log,
+        "position_graft": graft_log,
         "steps": [],
         "val": [],
     }
