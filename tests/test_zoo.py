@@ -103,6 +103,9 @@ def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
         "position_readout_weight": 0.0,
         "position_readout_groups": "row,column",
         "stop_after": 0,
+        "position_graft_steps": 0,
+        "position_graft_lr": 1e-3,
+        "position_graft_keep_weight": 10.0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig()

@@ -202,6 +202,9 @@ def test_shipped_scenes_model_is_the_recipes_scenes_run():
         "position_readout_weight": 0.0,
         "position_readout_groups": "row,column",
         "stop_after": 0,
+        "position_graft_steps": 0,
+        "position_graft_lr": 1e-3,
+        "position_graft_keep_weight": 10.0,
     }
     assert set(dataclasses.asdict(recipe.RecipeConfig())) == set(log["config"]) | set(added)
     assert recipe.RecipeConfig(**{**added, **log["config"]}) == recipe.RecipeConfig(**recipe.SCENES)
