@@ -18,15 +18,21 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 
 import svlm
 from svlm.data import shapes
+from svlm.models import zoo_path
 from svlm.zoo import DEFAULT_MODEL_NAME, default_model_path
 from svlm.zoo import train_default as recipe
 
 SIZE_BUDGET_BYTES = 20 * 1024 * 1024
 
 
+def shapes_model_path() -> str:
+    """svlm-shapes-llava, the model these tests are about (the default is svlm-scenes-llava)."""
+    return zoo_path("svlm-shapes-llava")
+
+
 @pytest.fixture(scope="module")
 def shipped() -> tuple[LlavaForConditionalGeneration, object]:
-    path = default_model_path()
+    path = shapes_model_path()
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
@@ -39,14 +45,15 @@ def _inputs(processor, samples: list[dict]) -> dict:
 
 def test_default_model_path_is_inside_the_package() -> None:
     path = Path(default_model_path())
-    assert path.name == DEFAULT_MODEL_NAME
+    assert path.name == DEFAULT_MODEL_NAME == "svlm-scenes-llava"
     assert path.parent == Path(svlm.zoo.__file__).resolve().parent
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
         assert (path / name).is_file(), name
 
 
-def test_shipped_files_fit_the_size_budget() -> None:
-    path = Path(default_model_path())
+@pytest.mark.parametrize("name", ["svlm-shapes-llava", "svlm-scenes-llava"])
+def test_shipped_files_fit_the_size_budget(name: str) -> None:
+    path = Path(zoo_path(name))
     weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     assert 0 < weights < SIZE_BUDGET_BYTES
@@ -76,13 +83,13 @@ def test_shipped_model_forward_and_generate(shipped) -> None:
     answers = [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
     vocab = {a for answers in shapes.ANSWER_VOCAB.values() for a in answers}
     assert all(a in vocab for a in answers), answers  # a trained model answers in the closed vocabulary
-    log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
+    log = json.loads((Path(shapes_model_path()) / "training_log.json").read_text())
     assert log["test_dense"]["num_samples"] == 500 and 0 < log["test_dense"]["all"] <= 1
 
 
 def test_shipped_model_was_trained_by_the_recipes_defaults() -> None:
     """`python -m svlm.zoo.train_default` with no options is the command that built the shipped weights."""
-    log = json.loads((Path(default_model_path()) / "training_log.json").read_text())
+    log = json.loads((Path(shapes_model_path()) / "training_log.json").read_text())
     # options added since (svlm-scenes support) whose defaults leave an svlm-shapes run as it was
     added = {
         "benchmark": "shapes",
@@ -153,7 +160,7 @@ def test_shipped_model_runs_pruned(shipped) -> None:
 
 def test_missing_model_gets_a_clear_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(svlm.zoo, "__file__", str(tmp_path / "__init__.py"))
-    with pytest.raises(FileNotFoundError, match="python -m svlm.zoo.train_default"):
+    with pytest.raises(FileNotFoundError, match="python -m svlm.zoo.recipe.replay"):
         default_model_path()
 
 

@@ -170,14 +170,16 @@ def test_cli_fit_then_compare(tmp_path, monkeypatch, capsys):
     assert out.is_file()
 
 
-def test_scenes_calibration_config_differs_from_the_default_in_model_budget_and_data_only():
-    """configs/calib_scenes.yaml (the README's svlm-scenes calibration) is configs/calib.yaml on the scenes
-    model at budget 128, with its own run folder."""
+def test_shapes_calibration_config_differs_from_the_default_in_model_budget_and_data_only():
+    """configs/calib_shapes.yaml (calibration on the first default, svlm-shapes-llava) is configs/calib.yaml
+    on that model at budget 96, with its own run folder."""
     default = yaml.safe_load((ROOT / "configs" / "calib.yaml").read_text())
-    scenes = yaml.safe_load((ROOT / "configs" / "calib_scenes.yaml").read_text())
-    assert scenes["model"] == {**default["model"], "model": "zoo:svlm-scenes-llava", "budget": 128}
-    assert scenes["data"] == {**default["data"], "benchmark": "scenes"}
-    assert scenes["trainer"] == {**default["trainer"], "default_root_dir": "results/calib_scenes"}
-    assert {k: v for k, v in scenes.items() if k not in ("model", "data", "trainer")} == {
+    shapes = yaml.safe_load((ROOT / "configs" / "calib_shapes.yaml").read_text())
+    assert default["model"]["model"] == "zoo:svlm-scenes-llava" and default["data"]["benchmark"] == "scenes"
+    assert shapes["model"] == {**default["model"], "model": "zoo:svlm-shapes-llava", "budget": 96}
+    assert shapes["data"] == {**default["data"], "benchmark": "shapes"}
+    assert default["trainer"]["default_root_dir"] == "results/calib"
+    assert shapes["trainer"] == {**default["trainer"], "default_root_dir": "results/calib_shapes"}
+    assert {k: v for k, v in shapes.items() if k not in ("model", "data", "trainer")} == {
         k: v for k, v in default.items() if k not in ("model", "data", "trainer")
     }
