@@ -65,6 +65,7 @@ def test_default_root_dir_moves_every_output(tmp_path, monkeypatch):
     run = tmp_path / "elsewhere"
     strategies = json.dumps(SWEEP)
     command = ["test", "--config", str(ROOT / "configs" / "demo.yaml"), "--model.model", "tiny:llava"]
+    command += ["--data.benchmark", "shapes"]  # small svlm-shapes images keep the tiny run fast
     command += [*SMALL, "--model.strategies", strategies, "--trainer.default_root_dir", str(run)]
     assert main(command) == 0
     assert not (tmp_path / "results").exists()
