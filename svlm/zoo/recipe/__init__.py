@@ -1,8 +1,10 @@
 """Recipe of svlm's zoo models: a small LLaVA-1.5-architecture VLM trained on svlm-shapes, on CPU.
 
-    python -m svlm.zoo.train_default --output-dir svlm/zoo/svlm-shapes-llava          # the shipped model
+    python -m svlm.zoo.train_default --output-dir svlm/zoo/svlm-shapes-llava          # svlm-shapes-llava
     python -m svlm.zoo.train_default --output-dir /tmp/smoke --smoke                     # a few seconds
-    python -m svlm.zoo.train_default --benchmark scenes --output-dir svlm/zoo/svlm-scenes-llava  # scenes
+    python -m svlm.zoo.train_default --benchmark scenes --output-dir /tmp/scenes-1   # svlm-scenes, stage 1
+    python -m svlm.zoo.recipe.replay svlm/zoo/svlm-scenes-llava/training_log.json --output-dir /tmp/rebuilt
+                                                            # the default, svlm-scenes-llava: every stage
 
 The model is ``LlavaForConditionalGeneration``: a CLIP vision tower (224 px, 14-px patches: 256 visual
 tokens), the 2-layer MLP projector and an 8-layer Llama decoder, trained from scratch on the shapes *train*

@@ -204,7 +204,8 @@ class RecipeConfig:
 
 
 #: defaults of ``--benchmark scenes`` (other options keep RecipeConfig's defaults; flags override both): the
-#: shipped svlm-scenes-llava run, svlm-scenes at 336 px (576 visual tokens) with a 22-layer, 64-wide decoder
+#: first stage of the shipped svlm-scenes-llava (its later stages are in its training_log.json),
+#: svlm-scenes at 336 px (576 visual tokens) with a 22-layer, 64-wide decoder
 #: (SparseVLM and FastV first prune after layer 1 of 22, so budget 64 is reachable) on one thread per stage
 SCENES: dict[str, Any] = {
     "benchmark": "scenes",
