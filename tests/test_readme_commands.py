@@ -58,6 +58,7 @@ def _smoke_only(args: list[str]) -> list[str]:
 MODULE_RULES: dict[str, Callable[[list[str]], list[str]]] = {
     "svlm": lambda args: args,
     "svlm.calibrate.compare": _small_compare,
+    "svlm.diagnostics.raters": _small_compare,
     "svlm.zoo.train_default": _smoke_only,
 }
 
