@@ -1,4 +1,5 @@
-"""lmms-eval integration: the ``svlm`` model (``lmms-eval --model svlm``) and the svlm-shapes task.
+"""lmms-eval integration: the ``svlm`` model (``lmms-eval --model svlm``) and the tasks of svlm's generated
+benchmarks (``svlm.lmms.synthetic_task``).
 
 svlm registers its model through lmms-eval's own plugin mechanism, the ``lmms_eval.models`` entry-point
 group (``pyproject.toml``), whose payload is `manifest`. Nothing here imports lmms-eval until lmms-eval

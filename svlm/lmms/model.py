@@ -28,6 +28,7 @@ from loguru import logger as log
 from PIL import Image
 
 from svlm.module import StrategyPoint, VLMEvaluator
+from svlm.zoo import DEFAULT_MODEL_NAME
 
 
 def _batch_size(value: Any) -> int:
@@ -65,7 +66,8 @@ class SVLM(lmms):
     """An lmms-eval model that prunes visual tokens with svlm.
 
     Args (``--model_args``, comma-separated ``key=value``):
-        pretrained: Hugging Face id, local folder, ``zoo:<name>`` or ``tiny:<family>`` (``svlm.load_vlm``).
+        pretrained: Hugging Face id, local folder, ``zoo:<name>`` or ``tiny:<family>`` (``svlm.load_vlm``;
+            default: svlm's default model, ``zoo:svlm-scenes-llava``).
         strategy: svlm strategy name or class path (default ``dense``); budget: its visual-token budget.
         dtype, attn_implementation, device: as for ``svlm test`` (``auto`` dtype: bf16 on CUDA, fp32 on CPU).
         seed: the torch seed before each batch (plus the batch's first document index), as ``svlm test``.
@@ -78,7 +80,7 @@ class SVLM(lmms):
 
     def __init__(
         self,
-        pretrained: str = "zoo:svlm-shapes-llava",
+        pretrained: str = f"zoo:{DEFAULT_MODEL_NAME}",
         strategy: str = "dense",
         budget: float | None = None,
         dtype: str = "auto",

@@ -1,9 +1,10 @@
 """``lmms-eval --model svlm``: registration, batching, refusals, and the offline end-to-end proof.
 
-The proof exports the shipped svlm-shapes benchmark as a local lmms-eval task, runs lmms-eval's CLI with the
-shipped model (dense and SparseVLM) and ``svlm test`` on the same samples, and requires the same accuracy
-and the same cost report. SparseVLM runs at budget 65: the smallest it reaches on the 8-layer model (it
-first prunes after layer 1, so the first two layers alone average 64.8 visual tokens; 64 is refused).
+The proof exports each generated benchmark as a local lmms-eval task, runs lmms-eval's CLI with its shipped
+model (dense and SparseVLM) and ``svlm test`` on the same samples, and requires the same accuracy and the
+same cost report: svlm-scenes with the default model (22 layers) at budget 64, svlm-shapes with
+svlm-shapes-llava at 65, the smallest SparseVLM reaches on its 8 layers (it first prunes after layer 1, so
+the first two layers alone average 64.8 visual tokens; 64 is refused).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from lmms_eval.models import get_model  # noqa: E402
 
 from svlm.data import load_benchmark  # noqa: E402
 from svlm.lmms.model import SVLM  # noqa: E402
-from svlm.lmms.shapes_task import doc_to_text, doc_to_visual, write_task  # noqa: E402
+from svlm.lmms.synthetic_task import doc_to_text, doc_to_visual, write_task  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SPARSE_BUDGET = 65
 N, BATCH = 24, 8
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -98,30 +98,34 @@ def test_refusals_name_the_problem(sparse_lm):
         SVLM(pretrained="tiny:llava", budget=64)
 
 
-def _lmms_eval(task_dir: Path, out: Path, model_args: str) -> tuple[float, dict]:
+def _lmms_eval(task_dir: Path, out: Path, model: str, task: str, model_args: str) -> tuple[float, dict]:
     args = [
         str(BIN / "lmms-eval"), "--model", "svlm", "--model_args",
-        f"pretrained=zoo:svlm-shapes-llava,dtype=float32,cpu_threads=1,report={out}/svlm_report.json,{model_args}",
-        "--include_path", str(task_dir), "--tasks", "svlm_shapes", "--batch_size", str(BATCH),
+        f"pretrained={model},dtype=float32,cpu_threads=1,report={out}/svlm_report.json,{model_args}",
+        "--include_path", str(task_dir), "--tasks", task, "--batch_size", str(BATCH),
         "--output_path", str(out),
     ]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (results,) = glob.glob(str(out / "*" / "*_results.json"))
     scores = json.loads(Path(results).read_text())
-    report = json.loads((out / "svlm_report.json").read_text())["svlm_shapes"]
+    report = json.loads((out / "svlm_report.json").read_text())[task]
     assert scores["throughput"]["avg_svlm_budget"] == pytest.approx(report["budget"])  # next to the scores
-    return scores["results"]["svlm_shapes"]["exact_match,none"], report
+    return scores["results"][task]["exact_match,none"], report
 
 
-def test_lmms_eval_end_to_end_equals_svlm_test(tmp_path):
+@pytest.mark.parametrize(
+    ("benchmark", "model", "budget"),
+    [("scenes", "zoo:svlm-scenes-llava", 64), ("shapes", "zoo:svlm-shapes-llava", 65)],
+)
+def test_lmms_eval_end_to_end_equals_svlm_test(tmp_path, benchmark, model, budget):
     task_dir = tmp_path / "task"
-    write_task(task_dir, limit=N)
+    task = write_task(task_dir, benchmark, limit=N).stem
     cmd = [
-        str(BIN / "svlm"), "test", "--model.model", "zoo:svlm-shapes-llava", "--model.dtype", "float32",
+        str(BIN / "svlm"), "test", "--model.model", model, "--model.dtype", "float32",
         "--model.max_new_tokens", "4", "--model.cpu_threads", "1",
-        "--model.strategies", f"[dense, {{strategy: sparsevlm, budget: {SPARSE_BUDGET}}}]",
-        "--data.benchmark", "shapes", "--data.split", "test", "--data.limit", str(N),
+        "--model.strategies", f"[dense, {{strategy: sparsevlm, budget: {budget}}}]",
+        "--data.benchmark", benchmark, "--data.split", "test", "--data.limit", str(N),
         "--data.batch_size", str(BATCH), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "svlm"),
     ]  # fmt: skip
@@ -131,9 +135,9 @@ def test_lmms_eval_end_to_end_equals_svlm_test(tmp_path):
 
     for label, args in (
         ("dense", "strategy=dense"),
-        (f"sparsevlm-{SPARSE_BUDGET}", f"strategy=sparsevlm,budget={SPARSE_BUDGET}"),
+        (f"sparsevlm-{budget}", f"strategy=sparsevlm,budget={budget}"),
     ):
-        accuracy, report = _lmms_eval(task_dir, tmp_path / label, args)
+        accuracy, report = _lmms_eval(task_dir, tmp_path / label, model, task, args)
         ours = points[label]
         assert accuracy == pytest.approx(ours["accuracy"]), label
         assert report["samples"] == N and report["point"] == label
