@@ -59,6 +59,7 @@ MODULE_RULES: dict[str, Callable[[list[str]], list[str]]] = {
     "svlm": lambda args: args,
     "svlm.calibrate.compare": _small_compare,
     "svlm.diagnostics.raters": _small_compare,
+    "svlm.diagnostics.evidence_attention": _small_compare,
     "svlm.zoo.train_default": _smoke_only,
 }
 
