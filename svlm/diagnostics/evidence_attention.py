@@ -74,6 +74,17 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
                 out = vlm(**inputs, output_attentions=True)
             if not out.attentions or out.attentions[0] is None:
                 raise RuntimeError("the model returned no attention maps; load it with eager attention")
+            pixel_values = inputs.get("pixel_values")
+            if (
+                pixel_values is None
+                or pixel_values.ndim != 4
+                or len(pixel_values) != len(inputs["input_ids"])
+            ):
+                raise ValueError(
+                    "evidence attention needs one image per sample as pixel_values [batch, 3, H, W] "
+                    f"(LLaVA-1.5-style models); {type(vlm).__name__} gives "
+                    f"{None if pixel_values is None else tuple(pixel_values.shape)}"
+                )
             valid = inputs["attention_mask"].bool()
             visual = adapter.visual_mask(inputs["input_ids"]) & valid
             raters, _ = select_raters(seen["embeds"], visual, valid)
@@ -81,7 +92,7 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
             maps = torch.stack([a.float().mean(1) for a in out.attentions])
             for b in range(maps.shape[1]):
                 vis = visual[b].nonzero().flatten()
-                evidence = _evidence_mask(inputs["pixel_values"][b], len(vis)).to(vis.device)
+                evidence = _evidence_mask(pixel_values[b], len(vis)).to(vis.device)
                 to_visual = maps[:, b][:, :, vis]  # [layers, n, n_visual]
                 share = to_visual[..., evidence].sum(-1) / to_visual.sum(-1).clamp_min(1e-12)  # [layers, n]
                 last = int(valid[b].nonzero().max())
@@ -159,12 +170,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1:
         parser.error(f"--limit and --batch-size must be >= 1; got {args.limit} and {args.batch_size}")
-    evaluator = VLMEvaluator(model=args.model, dtype=args.dtype, attn_implementation="eager")
-    data = VLMDataModule(benchmark="scenes", split=args.split, limit=args.limit, batch_size=args.batch_size)
-    data.setup("test")
-    batches = tqdm(data.test_dataloader(), desc="evidence attention", unit="batch")
     result = {"model": args.model, "benchmark": "scenes", "split": args.split}
-    result.update(evidence_attention(evaluator, batches))
+    try:
+        evaluator = VLMEvaluator(model=args.model, dtype=args.dtype, attn_implementation="eager")
+        data = VLMDataModule(
+            benchmark="scenes", split=args.split, limit=args.limit, batch_size=args.batch_size
+        )
+        data.setup("test")
+        batches = tqdm(data.test_dataloader(), desc="evidence attention", unit="batch")
+        result.update(evidence_attention(evaluator, batches))
+    except (ValueError, LookupError) as e:  # a bad model, split or image: the message, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"{args.model} on scenes/{args.split}, {result['samples']} samples:\n{_format(result)}")
     title = f"{args.model}: {result['samples']} svlm-scenes {args.split} samples"
     paths = write_outputs(result, args.output_dir, title)

@@ -167,13 +167,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1:
         parser.error(f"--limit and --batch-size must be >= 1; got {args.limit} and {args.batch_size}")
-    evaluator = VLMEvaluator(model=args.model, dtype=args.dtype)
-    data = VLMDataModule(
-        benchmark=args.benchmark, split=args.split, limit=args.limit, batch_size=args.batch_size
-    )
-    data.setup("test")
-    batches = tqdm(data.test_dataloader(), desc="raters", unit="batch")
-    records = rater_report(evaluator, batches)
+    try:
+        evaluator = VLMEvaluator(model=args.model, dtype=args.dtype)
+        data = VLMDataModule(
+            benchmark=args.benchmark, split=args.split, limit=args.limit, batch_size=args.batch_size
+        )
+        data.setup("test")
+        batches = tqdm(data.test_dataloader(), desc="raters", unit="batch")
+        records = rater_report(evaluator, batches)
+    except (ValueError, LookupError) as e:  # a bad model, benchmark or split: the message, not a traceback
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     summary = summarize(records)
     print(f"{args.model} on {args.benchmark}/{args.split}:\n{_format(summary)}")
     result = {"model": args.model, "benchmark": args.benchmark, "split": args.split, "summary": summary}

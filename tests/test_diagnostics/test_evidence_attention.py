@@ -87,3 +87,10 @@ def test_command_writes_json_csv_and_png(tmp_path, capsys):
         assert [int(r["layer"]) for r in csv.DictReader(f)] == [0, 1, 2]
     assert (out / "evidence_attention.png").stat().st_size > 0
     assert result["benchmark"] == "scenes" and "uniform" in capsys.readouterr().out
+
+
+def test_command_refuses_models_without_one_image_tensor_per_sample(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ea.main(["--model", "tiny:qwen2_vl", "--limit", "2", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pixel_values [batch, 3, H, W]" in err and "Qwen2VL" in err

@@ -110,3 +110,12 @@ def test_command_writes_json(tmp_path, capsys):
 def test_command_rejects_bad_limit():
     with pytest.raises(SystemExit):
         raters.main(["--limit", "0"])
+
+
+def test_command_names_a_bad_model_or_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        raters.main(["--model", "zoo:nope", "--limit", "2"])
+    assert exit_info.value.code == 2 and "No model 'nope' in svlm.zoo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        raters.main(["--model", "tiny:llava", "--benchmark", "nope", "--limit", "2"])
+    assert "Unknown benchmark 'nope'" in capsys.readouterr().err
