@@ -43,3 +43,21 @@ def test_strategy_example_registers_and_runs(make_tiny_vlm, images, questions):
             torch.testing.assert_close(out[b, pos], ref[b, pos], atol=1e-4, rtol=1e-4)
     finally:
         svlm.strategies.registry.STRATEGIES.unregister("readme_text_attention")
+
+
+def _heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of the README's headings (outside code blocks)."""
+    anchors, inside = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and (m := re.match(r"^#{1,6} (.+)$", line)):
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_in_page_links_reach_a_heading():
+    text = README.read_text()
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) >= 15  # the contents list and the cross-references
+    assert sorted(set(links) - _heading_anchors(text)) == []
