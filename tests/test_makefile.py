@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
+def _makefile_variables() -> set[str]:
+    """The Makefile's overridable variables (``NAME ?= default``)."""
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*\?=", text, flags=re.M))
+
+
 def _dry_run(target: str, venv: Path) -> str:
-    # Under `make test` (CI) the outer make's variables would add "make[1]: Entering directory" lines.
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
-    }
+    # Under `make test` (CI) the outer make's variables would add "make[1]: Entering directory" lines, and
+    # under `make test-latest` its command-line `CONSTRAINTS=` reaches this process's environment: the
+    # defaults are what is tested, so neither is passed on.
+    dropped = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"} | _makefile_variables()
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     proc = subprocess.run(
         ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
         cwd=ROOT,
