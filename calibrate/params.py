@@ -123,8 +123,9 @@ class RankSpace(_Space):
             mean_rank = torch.ones(self.steps, dtype=torch.float64)
         scale = [_round(float(x)) for x in adaptivity * levels / mean_rank]
         bias = [_round(float(x)) for x in (1 - adaptivity) * levels]
-        # a fixed count (scale 0) reads better as the integer that int() makes of it; same schedule
-        bias = [float(math.floor(b)) if s == 0 and b >= 0 else b for s, b in zip(scale, bias, strict=True)]
+        # a fixed count (scale 0) reads better as the integer that int() makes of it, and keeps at least one
+        # token as the counts space does (a schedule that keeps none is refused when read)
+        bias = [float(max(1, math.floor(b))) if s == 0 else b for s, b in zip(scale, bias, strict=True)]
         return RankRule(scale=tuple(scale), bias=tuple(bias), rtol=tuple(rtol))
 
     @staticmethod

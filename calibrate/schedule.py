@@ -60,7 +60,11 @@ def save_schedule(
     metrics: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a schedule atomically (YAML unless the suffix is .json), its checksum first."""
+    """Write a schedule atomically (YAML unless the suffix is .json), its checksum first.
+
+    ``params`` are checked as :func:`read_schedule` checks them, so no file is written that cannot be read.
+    """
+    validate_params(params, where=f"Schedule for {str(path)!r}")
     path = Path(path)
     data: dict[str, Any] = {"strategy": strategy}
     if model is not None:

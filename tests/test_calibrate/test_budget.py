@@ -123,3 +123,15 @@ def test_rank_space_maps_adaptivity_zero_to_fixed_counts():
     assert rule.bias == (66.0, 34.0, 20.0)
     params = space.strategy_params(rule, LAYERS)
     assert set(params) == {"layers", "rank_scale", "rank_bias", "rank_rtol"}
+
+
+def test_rank_space_fixed_counts_keep_at_least_one_token():
+    """A step whose fixed count falls below one token keeps one (as the counts space does): the schedule
+    reader refuses a rule that keeps none, so the search must never evaluate or write one."""
+    from svlm.calibrate.schedule import validate_params
+
+    space = RankSpace(3)
+    unit = space.initial([66, 34, 0.5], adaptivity=0.0)
+    rule = space.rule(unit, 1.0, None)
+    assert rule.scale == (0.0, 0.0, 0.0) and rule.bias == (1.0, 1.0, 1.0)
+    validate_params(space.strategy_params(rule, LAYERS))

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import svlm
+from svlm.calibrate import schedule as schedule_module
 from svlm.calibrate.schedule import ScheduleError, load_schedule, model_record, read_schedule, save_schedule
 from svlm.strategies.sparsevlm import SparseVLM
 
@@ -82,9 +83,14 @@ def test_errors(tmp_path):
         ({"knn": 3}, "unknown parameters ['knn']"),
     ],
 )
-def test_every_value_is_checked_naming_the_bad_one(tmp_path, change, message):
+def test_every_value_is_checked_naming_the_bad_one(tmp_path, monkeypatch, change, message):
     params = {k: v for k, v in {**PARAMS, **change}.items() if v is not None}
-    path = save_schedule(tmp_path / "s.yaml", "sparsevlm", params)
+    with pytest.raises(ScheduleError, match="s.yaml") as info:  # never written ...
+        save_schedule(tmp_path / "s.yaml", "sparsevlm", params)
+    assert message in str(info.value) and not (tmp_path / "s.yaml").exists()
+    with monkeypatch.context() as m:  # ... and refused when read (a file written without the check)
+        m.setattr(schedule_module, "validate_params", lambda *args, **kwargs: None)
+        path = save_schedule(tmp_path / "s.yaml", "sparsevlm", params)
     with pytest.raises(ScheduleError, match="s.yaml") as info:
         SparseVLM(schedule=str(path))
     assert message in str(info.value)
