@@ -88,14 +88,15 @@ def pareto_front(
     """Indices of the points no other point dominates: lower ``x`` (cost), higher ``y`` (quality) is better.
 
     A point is dominated when another is at least as good on both axes and strictly better on one; identical
-    points do not dominate each other. Points with a missing or non-finite coordinate are never on the front.
-    Indices are returned in order of increasing ``x``.
+    points do not dominate each other. Points with a missing or non-finite coordinate are never on the front,
+    nor are oracle points (``"oracle": true``: upper bounds that read annotations, not methods), which also
+    dominate nothing. Indices are returned in order of increasing ``x``.
     """
     sign = 1.0 if maximize_y else -1.0
     coords = [
         (i, float(p[x]), sign * float(p[y]))
         for i, p in enumerate(points)
-        if _finite(p.get(x)) and _finite(p.get(y))
+        if _finite(p.get(x)) and _finite(p.get(y)) and not p.get("oracle")
     ]
     front = [
         (px, i)
@@ -169,12 +170,14 @@ def tradeoff_figure(
             pts = sorted((p for p in usable if p.get("strategy") == strategy), key=lambda p: p[xkey])
             if not pts:
                 continue
+            oracle = any(p.get("oracle") for p in pts)
             ax.plot(
                 [p[xkey] for p in pts],
                 [p[metric] for p in pts],
                 marker="o",
                 color=colors[strategy],
-                label=strategy,
+                linestyle=":" if oracle else "-",
+                label=f"{strategy} (upper bound)" if oracle else strategy,
             )
             notes[ax].extend((p[xkey], p[metric], text, colors[strategy]) for p, text in _point_notes(pts))
         for i, p in enumerate(dense):

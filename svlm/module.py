@@ -810,6 +810,8 @@ class VLMEvaluator(pl.LightningModule):
             point: dict[str, Any] = {
                 "label": cfg.label,
                 "strategy": cfg.strategy,
+                # an upper bound reading annotations (evidence_oracle), never on the Pareto front of methods
+                "oracle": bool(getattr(self.strategy_objects[i], "oracle", False)),
                 "budget_target": cfg.budget,
                 "budget": _per_image_sample(s["budget"], s),
                 "budget_output": _per_image_sample(s["budget_output"], s),

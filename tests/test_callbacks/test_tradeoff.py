@@ -83,6 +83,30 @@ def test_pareto_front_edge_cases():
     assert pareto_front([], x="x", y="y") == []
 
 
+def test_oracle_points_are_off_the_front_and_dominate_nothing():
+    oracle = {"label": "evidence_oracle-64", "prefill_flops": 0.1, "accuracy": 0.99, "oracle": True}
+    front = pareto_front([*POINTS, oracle], x="prefill_flops", y="accuracy")
+    assert [POINTS[i]["label"] for i in front] == ["random-64", "sparsevlm-64", "sparsevlm-192", "dense"]
+
+
+def test_a_run_marks_oracle_points_and_keeps_them_off_the_front(tmp_path):
+    import json
+
+    from svlm.cli import main
+
+    args = [
+        "test", "--model.model", "tiny:llava?num_layers=4&image_size=336", "--model.dtype", "float32",
+        "--model.max_new_tokens", "2", "--model.strategies",
+        "[dense, {strategy: evidence_oracle, budget: 64}, {strategy: random, budget: 64}]",
+        "--data.benchmark", "scenes", "--data.limit", "2", "--data.batch_size", "2",
+        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    points = {p["label"]: p for p in json.loads((tmp_path / "run" / "tradeoff.json").read_text())["points"]}
+    assert [points[k]["oracle"] for k in ("dense", "evidence_oracle-64", "random-64")] == [False, True, False]
+    assert points["evidence_oracle-64"]["pareto"] is False
+
+
 def test_markdown_table_has_a_column_per_question_type():
     from svlm.callbacks.markdown import question_types, tradeoff_markdown
 
