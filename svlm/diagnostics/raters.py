@@ -59,12 +59,13 @@ def question_token_mask(
     except (NotImplementedError, ValueError, TypeError):  # slow tokenizers have no offsets
         return None
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    first = max((i for i, (a, _) in enumerate(offsets) if a < start), default=-1) + 1
+    end = start + len(question)
+    # the first token that reaches into the question (it may begin with the space before it)
+    first = next((i for i, (_, b) in enumerate(offsets) if b > start), len(ids))
     tail = len(ids) - first  # tokens from the question's first token to the prompt's end
     if tail <= 0 or tail > len(input_ids) or list(input_ids[-tail:]) != ids[first:]:
         return None
-    end = start + len(question)
-    inside = [start <= a < end or a < start < b for a, b in offsets[first:]]
+    inside = [a < end and b > start for a, b in offsets[first:]]  # overlaps the question's text
     return [False] * (len(input_ids) - tail) + inside
 
 
