@@ -383,22 +383,35 @@ def format_points(points: Sequence[Mapping[str, Any]]) -> str:
 
 
 def strategies_table() -> str:
-    """One line per registered strategy: its name and the first line of its docstring."""
+    """One line per registered strategy: its name and the first line of its docstring; then the oracles
+    (upper bounds that read benchmark annotations, left out of every-strategy sweeps) under a heading."""
     import svlm
     from svlm.strategies import strategy_class
 
     names = svlm.available_strategies()
-    width = max((len(n) for n in names), default=0)
-    lines = []
-    for name in names:
-        doc = inspect.getdoc(strategy_class(name)) or ""
-        lines.append(f"{name.ljust(width)}  {doc.strip().splitlines()[0] if doc.strip() else ''}".rstrip())
+    oracles = [n for n in svlm.available_strategies(include_oracles=True) if n not in names]
+    width = max((len(n) for n in names + oracles), default=0)
+
+    def rows(group: list[str]) -> list[str]:
+        lines = []
+        for name in group:
+            doc = (inspect.getdoc(strategy_class(name)) or "").strip()
+            lines.append(f"{name.ljust(width)}  {doc.splitlines()[0] if doc else ''}".rstrip())
+        return lines
+
+    lines = rows(names)
+    if oracles:
+        lines += ["", "Upper bounds, not methods (they read benchmark annotations; built by name only):"]
+        lines += rows(oracles)
     return "\n".join(lines)
 
 
 def _cmd_strategies(args: Sequence[str]) -> int:
     if args and args[0] in ("-h", "--help"):
-        print("usage: svlm strategies\n\nList the registered pruning strategies with a one-line description.")
+        print(
+            "usage: svlm strategies\n\nList the registered pruning strategies with a one-line description, "
+            "then the oracles (upper bounds)."
+        )
         return 0
     if args:
         print(f"svlm strategies takes no arguments, got {list(args)}", file=sys.stderr)

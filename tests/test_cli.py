@@ -98,10 +98,14 @@ def test_svlm_bench(tmp_path, capsys):
 
 def test_strategies_helper(capsys):
     assert main(["strategies"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    methods, _, oracles = out.strip().partition("\n\n")
+    lines = methods.splitlines()
     assert [line.split()[0] for line in lines] == svlm.available_strategies()
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # every strategy has a description
-    assert strategies_table().splitlines() == lines
+    assert oracles.splitlines()[0].startswith("Upper bounds, not methods")
+    assert [line.split()[0] for line in oracles.splitlines()[1:]] == ["evidence_oracle"]
+    assert strategies_table() == out.strip()
     assert main(["strategies", "extra"]) == 2
 
 

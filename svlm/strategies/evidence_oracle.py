@@ -28,10 +28,11 @@ from svlm.strategies.registry import register_strategy
 
 @register_strategy("evidence_oracle")
 class EvidenceOracle(Strategy):
-    """Keep the tokens covering the question's evidence objects (each object's centre token first, then by
-    covered share), then fill the budget with seeded random tokens. Prunes before the language model.
+    """Keep the tokens covering the question's evidence objects (svlm-scenes annotations), before the LLM.
 
-    An annotation-reading upper bound on svlm-scenes, not a method (see the module docstring).
+    Each evidence object's centre token first, then the others by covered share; seeded random tokens fill
+    the rest of the budget. An annotation-reading upper bound on svlm-scenes, not a method (see the module
+    docstring).
     """
 
     oracle = True
