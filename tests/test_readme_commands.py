@@ -49,6 +49,12 @@ def _small_compare(args: list[str]) -> list[str]:
     return [*args, "--limit", "2", "--batch-size", "2"]
 
 
+def _dry_run_only(args: list[str]) -> list[str]:
+    """A replay's dry run only; paths into the package (``svlm/zoo/...``) are read from this checkout."""
+    assert "--dry-run" in args, "only the dry run of a replay runs in the tests: mark the block of a full one"
+    return [str(ROOT / a) if a.startswith("svlm/") else a for a in args]
+
+
 def _smoke_only(args: list[str]) -> list[str]:
     assert "--smoke" in args, "only the --smoke training runs in the tests: mark the block of a full run"
     return args
@@ -61,6 +67,7 @@ MODULE_RULES: dict[str, Callable[[list[str]], list[str]]] = {
     "svlm.diagnostics.raters": _small_compare,
     "svlm.diagnostics.evidence_attention": _small_compare,
     "svlm.zoo.train_default": _smoke_only,
+    "svlm.zoo.recipe.replay": _dry_run_only,
 }
 
 
