@@ -27,12 +27,19 @@ from tqdm.auto import tqdm
 
 from svlm.adapters import adapter_for
 from svlm.data.evidence import evidence_scores, find_note
+from svlm.diagnostics.prompt_tokens import token_at_char
 from svlm.strategies.sparsevlm import select_raters
 
 __all__ = ["ROWS", "evidence_attention", "write_outputs", "main"]
 
-#: the attention rows measured: the last prompt token (FastV, PyramidDrop) and SparseVLM's raters
-ROWS: tuple[str, ...] = ("last_token", "raters")
+#: the attention rows measured: the last prompt token (FastV, PyramidDrop), SparseVLM's raters and the
+#: question's key word (the last token of the words naming the asked object, from the annotations)
+ROWS: tuple[str, ...] = ("last_token", "raters", "keyword")
+LABELS: dict[str, str] = {
+    "last_token": "last prompt token (FastV, PyramidDrop)",
+    "raters": "raters (SparseVLM)",
+    "keyword": "the question's key word",
+}
 
 
 def _evidence_mask(pixel_values: torch.Tensor, num_visual: int) -> torch.Tensor:
@@ -44,11 +51,17 @@ def _evidence_mask(pixel_values: torch.Tensor, num_visual: int) -> torch.Tensor:
     return evidence_scores(find_note(pixel_values), grid) > 0
 
 
-def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def evidence_attention(
+    evaluator: Any,
+    batches: Iterable[Mapping[str, Any]],
+    keyword_ends: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """Per layer, the mean share of each row kind's visual attention that lands on evidence tokens.
 
     ``evaluator`` is a :class:`svlm.module.VLMEvaluator` loaded with ``attn_implementation="eager"``; the
     batches come from the svlm-scenes benchmark (their images must be noted in this process).
+    ``keyword_ends`` (sample id -> the svlm-scenes row's ``keyword_end``: where, in the question, the words
+    naming the asked object end) adds the key word's row; a row kind no sample has is ``None``.
     """
     if evaluator.attn_implementation != "eager":
         raise ValueError(
@@ -60,7 +73,9 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
     adapter = adapter_for(vlm)
     num_layers = adapter.info().num_layers
     totals = {row: torch.zeros(num_layers, dtype=torch.float64) for row in ROWS}
+    counts = dict.fromkeys(ROWS, 0)
     uniform_total, samples = 0.0, 0
+    tokenizer = getattr(evaluator.processor, "tokenizer", evaluator.processor)
     seen: dict[str, torch.Tensor] = {}
 
     def keep_embeds(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -87,6 +102,7 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
                 )
             valid = inputs["attention_mask"].bool()
             visual = adapter.visual_mask(inputs["input_ids"]) & valid
+            keywords = _keyword_positions(evaluator, tokenizer, batch, inputs, keyword_ends)
             raters, _ = select_raters(seen["embeds"], visual, valid)
             # [layers, batch, n, n]: head-mean attention, as the methods score
             maps = torch.stack([a.float().mean(1) for a in out.attentions])
@@ -96,8 +112,12 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
                 to_visual = maps[:, b][:, :, vis]  # [layers, n, n_visual]
                 share = to_visual[..., evidence].sum(-1) / to_visual.sum(-1).clamp_min(1e-12)  # [layers, n]
                 last = int(valid[b].nonzero().max())
-                totals["last_token"] += share[:, last].double().cpu()
-                totals["raters"] += share[:, raters[b]].mean(-1).double().cpu()
+                rows = {"last_token": share[:, last], "raters": share[:, raters[b]].mean(-1)}
+                if keywords[b] is not None:
+                    rows["keyword"] = share[:, keywords[b]]
+                for kind, values in rows.items():
+                    totals[kind] += values.double().cpu()
+                    counts[kind] += 1
                 uniform_total += float(evidence.float().mean())
                 samples += 1
     finally:
@@ -107,11 +127,36 @@ def evidence_attention(evaluator: Any, batches: Iterable[Mapping[str, Any]]) -> 
     return {
         "samples": samples,
         "uniform": uniform_total / samples,
+        "rows_measured": counts,  # samples each row kind was found in
         "layers": [
-            {"layer": layer, **{row: float(totals[row][layer]) / samples for row in ROWS}}
+            {
+                "layer": layer,
+                **{row: float(totals[row][layer]) / counts[row] if counts[row] else None for row in ROWS},
+            }
             for layer in range(num_layers)
         ],
     }
+
+
+def _keyword_positions(
+    evaluator: Any,
+    tokenizer: Any,
+    batch: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    keyword_ends: Mapping[str, int] | None,
+) -> list[int | None]:
+    """Per sample, the position of the last token of the question's key words (``None`` if unknown)."""
+    if not keyword_ends:
+        return [None] * len(batch["ids"])
+    positions: list[int | None] = []
+    for i, conv in enumerate(evaluator.conversations(batch)):
+        end = keyword_ends.get(batch["ids"][i])
+        prompt = evaluator.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        start = prompt.rfind(batch["questions"][i])
+        row = inputs["input_ids"][i].tolist()
+        ok = end is not None and end > 0 and start >= 0
+        positions.append(token_at_char(tokenizer, prompt, start + int(end) - 1, row) if ok else None)
+    return positions
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: Path, title: str) -> list[Path]:
@@ -131,10 +176,9 @@ def write_outputs(result: Mapping[str, Any], out_dir: Path, title: str) -> list[
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     layers = [r["layer"] for r in result["layers"]]
-    for row, label in zip(
-        ROWS, ("last prompt token (FastV, PyramidDrop)", "raters (SparseVLM)"), strict=True
-    ):
-        ax.plot(layers, [r[row] for r in result["layers"]], marker="o", ms=3, label=label)
+    for row in ROWS:
+        if all(r[row] is not None for r in result["layers"]):
+            ax.plot(layers, [r[row] for r in result["layers"]], marker="o", ms=3, label=LABELS[row])
     ax.axhline(result["uniform"], color="grey", ls="--", label="uniform attention")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("share of visual attention on evidence")
@@ -149,7 +193,11 @@ def write_outputs(result: Mapping[str, Any], out_dir: Path, title: str) -> list[
 
 def _format(result: Mapping[str, Any]) -> str:
     lines = [f"layer  {'  '.join(f'{r:>10}' for r in ROWS)}   (uniform {result['uniform']:.3f})"]
-    lines += [f"{r['layer']:>5}  {'  '.join(f'{r[k]:>10.3f}' for k in ROWS)}" for r in result["layers"]]
+
+    def cell(value: float | None) -> str:
+        return f"{'-':>10}" if value is None else f"{value:>10.3f}"
+
+    lines += [f"{r['layer']:>5}  {'  '.join(cell(r[k]) for k in ROWS)}" for r in result["layers"]]
     return "\n".join(lines)
 
 
@@ -177,8 +225,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             benchmark="scenes", split=args.split, limit=args.limit, batch_size=args.batch_size
         )
         data.setup("test")
+        raw = data.test_set.raw
+        keyword_ends = dict(zip(raw["id"], raw["keyword_end"], strict=True))
         batches = tqdm(data.test_dataloader(), desc="evidence attention", unit="batch")
-        result.update(evidence_attention(evaluator, batches))
+        result.update(evidence_attention(evaluator, batches, keyword_ends))
     except (ValueError, LookupError) as e:  # a bad model, split or image: the message, not a traceback
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"{args.model} on scenes/{args.split}, {result['samples']} samples:\n{_format(result)}")

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from svlm.diagnostics.prompt_tokens import question_token_mask
 from svlm.sparse import sparsify
 from svlm.strategies.base import PrefillContext
 from svlm.strategies.sparsevlm import SparseVLM
 
-__all__ = ["RaterRecorder", "question_token_mask", "rater_report", "summarize", "main"]
+__all__ = ["RaterRecorder", "rater_report", "summarize", "main"]
 
 
 class RaterRecorder(SparseVLM):
@@ -40,33 +41,6 @@ class RaterRecorder(SparseVLM):
     def prepare(self, ctx: PrefillContext) -> None:
         super().prepare(ctx)
         self.calls.append((ctx.input_ids.detach().cpu(), ctx.scratch["raters"].detach().cpu()))
-
-
-def question_token_mask(
-    tokenizer: Any, prompt: str, question: str, input_ids: Sequence[int]
-) -> list[bool] | None:
-    """Per position of ``input_ids`` (one processed, left-padded prompt): does the token lie in ``question``?
-
-    The text after the image tokenises the same with or without the processor's image expansion, so the
-    prompt's own tokenisation (with character offsets) is aligned with ``input_ids`` from the end. ``None``
-    when the question is not in the prompt, the tokenizer gives no offsets or the two tokenisations differ.
-    """
-    start = prompt.rfind(question)
-    if start < 0 or not question:
-        return None
-    try:
-        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError, TypeError):  # slow tokenizers have no offsets
-        return None
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    end = start + len(question)
-    # the first token that reaches into the question (it may begin with the space before it)
-    first = next((i for i, (_, b) in enumerate(offsets) if b > start), len(ids))
-    tail = len(ids) - first  # tokens from the question's first token to the prompt's end
-    if tail <= 0 or tail > len(input_ids) or list(input_ids[-tail:]) != ids[first:]:
-        return None
-    inside = [a < end and b > start for a, b in offsets[first:]]  # overlaps the question's text
-    return [False] * (len(input_ids) - tail) + inside
 
 
 def rater_report(

@@ -22,6 +22,12 @@ def _batches(limit: int = 4, batch_size: int = 2):
     return list(data.test_dataloader())
 
 
+def _keyword_ends(limit: int = 4) -> dict[str, int]:
+    data = VLMDataModule(benchmark="scenes", split="test", limit=limit)
+    data.setup("test")
+    return dict(zip(data.test_set.raw["id"], data.test_set.raw["keyword_end"], strict=True))
+
+
 @pytest.fixture(scope="module")
 def evaluator() -> VLMEvaluator:
     ev = VLMEvaluator(model=TINY, dtype="float32", attn_implementation="eager")
@@ -40,11 +46,12 @@ def test_uniform_attention_gives_the_evidence_share(evaluator):
             torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
             if layer.self_attn.q_proj.bias is not None:
                 torch.nn.init.zeros_(layer.self_attn.q_proj.bias)
-        result = ea.evidence_attention(evaluator, batches)
+        result = ea.evidence_attention(evaluator, batches, _keyword_ends())
     finally:
         for layer, w in zip(layers, saved, strict=True):
             layer.self_attn.q_proj.weight.data.copy_(w)
     assert result["samples"] == 4 and len(result["layers"]) == 3
+    assert result["rows_measured"] == {"last_token": 4, "raters": 4, "keyword": 4}
     assert 0 < result["uniform"] < 0.5
     for row in result["layers"]:
         for kind in ea.ROWS:
@@ -52,8 +59,9 @@ def test_uniform_attention_gives_the_evidence_share(evaluator):
 
 
 def test_trained_attention_is_measured_per_layer(evaluator):
-    result = ea.evidence_attention(evaluator, _batches(2, 2))
-    shares = [row[kind] for row in result["layers"] for kind in ea.ROWS]
+    result = ea.evidence_attention(evaluator, _batches(2, 2))  # no key words given: that row is None
+    assert result["rows_measured"]["keyword"] == 0 and all(r["keyword"] is None for r in result["layers"])
+    shares = [row[kind] for row in result["layers"] for kind in ("last_token", "raters")]
     assert all(0 <= s <= 1 for s in shares)
     assert any(abs(s - result["uniform"]) > 1e-4 for s in shares)  # a random model is not uniform
 

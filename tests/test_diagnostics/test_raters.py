@@ -26,24 +26,6 @@ def _batches(limit: int = 4, batch_size: int = 2):
     return list(data.test_dataloader())
 
 
-def test_question_mask_marks_exactly_the_question_tokens(evaluator):
-    batch = _batches(2, 2)[0]
-    inputs = evaluator.tokenize(batch)
-    tokenizer = evaluator.processor.tokenizer
-    for i, conv in enumerate(evaluator.conversations(batch)):
-        prompt = evaluator.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        row = inputs["input_ids"][i].tolist()
-        mask = raters.question_token_mask(tokenizer, prompt, batch["questions"][i], row)
-        assert mask is not None and len(mask) == len(row)
-        marked = tokenizer.decode([t for t, m in zip(row, mask, strict=True) if m])
-        assert marked.strip() == batch["questions"][i].strip()
-        # a question that is not in the prompt, or ids that do not end like the prompt: not located
-        assert raters.question_token_mask(tokenizer, prompt, "not in this prompt", row) is None
-        assert (
-            raters.question_token_mask(tokenizer, prompt, batch["questions"][i], row[:-1] + [row[0]]) is None
-        )
-
-
 def test_report_records_the_raters_sparsevlm_uses(evaluator):
     batches = _batches(4, 2)
     records = raters.rater_report(evaluator, batches)
