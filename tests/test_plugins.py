@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import types
@@ -89,7 +90,7 @@ def test_import_option(tmp_path, monkeypatch, capsys):
     _user_module(tmp_path, "svlm_user_plugin_a", "user_plugin_a", "UserPluginA")
     try:
         assert main(["strategies", "--import=svlm_user_plugin_a"]) == 0
-        assert "user_plugin_a  Keep the visual tokens whose" in capsys.readouterr().out
+        assert re.search(r"^user_plugin_a +Keep the visual tokens whose", capsys.readouterr().out, re.M)
         assert os.environ["SVLM_IMPORT"] == "svlm_user_plugin_a"  # for the processes a DDP run starts
     finally:
         STRATEGIES.unregister("user_plugin_a")
