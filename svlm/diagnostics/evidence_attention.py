@@ -7,9 +7,11 @@ prompt token's, SparseVLM by its raters' (:mod:`svlm.diagnostics.raters`). Such 
 right tokens at layers whose attention lands on them. On svlm-scenes every image notes which tokens cover
 the question's evidence objects (:mod:`svlm.data.evidence`), so this report measures, per layer, the share
 of those rows' attention to visual tokens (mean over heads, as the methods score) that falls on evidence
-tokens, next to the share uniform attention would give (evidence tokens / visual tokens). It runs the
-model with eager attention (the only implementation that returns attention maps) on svlm-scenes samples
-generated in the same process, and writes ``evidence_attention.json``, ``.csv`` and ``.png``.
+tokens, next to the share uniform attention would give (evidence tokens / visual tokens); the question's key
+word (the last token of the words naming the asked object, from the annotations) is measured as a third
+row. It runs the model with eager attention (the only implementation that returns attention maps) on
+svlm-scenes samples generated in the same process, and writes ``evidence_attention.json``, ``.csv`` and
+``.png``.
 """
 
 from __future__ import annotations
