@@ -299,7 +299,14 @@ def test_two_real_runs_into_one_folder(tmp_path, capsys):
                 break
             time.sleep(0.05)
         assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
-        assert main(["test", "--config", str(config)]) == 1
+        # held still while the second run tries the folder: on an idle machine the first would otherwise
+        # finish its few batches before the second gets there (a finished run is refused differently)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            assert first.poll() is None, "the first run ended before the second could try its folder"
+            assert main(["test", "--config", str(config)]) == 1
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert f"in use by another svlm run (pid {first.pid}" in capsys.readouterr().err
     finally:
         _, err = first.communicate(timeout=300)
