@@ -9,9 +9,9 @@ the question's evidence objects (:mod:`svlm.data.evidence`), so this report meas
 of those rows' attention to visual tokens (mean over heads, as the methods score) that falls on evidence
 tokens, next to the share uniform attention would give (evidence tokens / visual tokens); the question's key
 word (the last token of the words naming the asked object, from the annotations) is measured as a third
-row. It runs the model with eager attention (the only implementation that returns attention maps) on
-svlm-scenes samples generated in the same process, and writes ``evidence_attention.json``, ``.csv`` and
-``.png``.
+row. The rows come from svlm's engine, as a strategy gets them (:class:`EvidenceProbe`: computed from each
+layer's own q/k, with SDPA or FlashAttention, no attention matrix), on svlm-scenes samples generated in the
+same process; it writes ``evidence_attention.json``, ``.csv`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from svlm.adapters import adapter_for
 from svlm.data.evidence import evidence_scores, find_note
 from svlm.diagnostics.prompt_tokens import token_at_char
+from svlm.sparse import sparsify
+from svlm.strategies.base import LayerView, PrefillContext, Selection, Strategy
 from svlm.strategies.sparsevlm import select_raters
 
-__all__ = ["ROWS", "evidence_attention", "write_outputs", "main"]
+__all__ = ["ROWS", "EvidenceProbe", "evidence_attention", "write_outputs", "main"]
 
 #: the attention rows measured: the last prompt token (FastV, PyramidDrop), SparseVLM's raters and the
 #: question's key word (the last token of the words naming the asked object, from the annotations)
@@ -53,6 +54,65 @@ def _evidence_mask(pixel_values: torch.Tensor, num_visual: int) -> torch.Tensor:
     return evidence_scores(find_note(pixel_values), grid) > 0
 
 
+class EvidenceProbe(Strategy):
+    """Prunes nothing; after every decoder layer but the last it asks the engine for the attention rows of
+    the last prompt token, SparseVLM's raters and the question's key word (rows only, from the layer's own
+    q/k, as the methods get them: any attention implementation) and keeps, per sample and row kind, the share
+    of their visual attention that lands on evidence tokens."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.keywords: torch.Tensor | None = None  # [b] prompt position of each key word (-1: unknown)
+        self.shares: dict[int, dict[str, torch.Tensor]] = {}  # layer -> kind -> [b] (NaN: no such row)
+        self.uniform: torch.Tensor | None = None  # [b] evidence tokens / visual tokens
+
+    def prune_layers(self, ctx: PrefillContext) -> list[int]:
+        return list(range(ctx.info.num_layers - 1))
+
+    def prepare(self, ctx: PrefillContext) -> None:
+        pixel_values = ctx.inputs.get("pixel_values", ctx.request_inputs.get("pixel_values"))
+        if pixel_values is None or pixel_values.ndim != 4 or len(pixel_values) != ctx.batch_size:
+            raise ValueError(
+                "evidence attention needs one image per sample as pixel_values [batch, 3, H, W] "
+                f"(LLaVA-1.5-style models); got {None if pixel_values is None else tuple(pixel_values.shape)}"
+            )
+        visual = ctx.visual & ctx.valid
+        evidence = torch.zeros_like(visual)
+        for b, n in enumerate(visual.sum(-1).tolist()):  # one host look-up per image, as the oracle's
+            mask = _evidence_mask(pixel_values[b], int(n)).to(visual.device)
+            evidence[b, visual[b]] = mask
+        slots = torch.arange(visual.shape[1], device=visual.device)
+        raters, _ = select_raters(ctx.inputs_embeds, ctx.visual, ctx.valid)
+        keywords = self.keywords if self.keywords is not None else torch.full((ctx.batch_size,), -1)
+        ctx.scratch["kinds"] = {
+            "last_token": slots == torch.where(ctx.valid, slots, -1).amax(-1, keepdim=True),
+            "raters": raters,
+            "keyword": slots == keywords.to(visual.device).unsqueeze(-1),
+        }
+        ctx.scratch["evidence"] = evidence
+        self.uniform = evidence.sum(-1).float() / visual.sum(-1).clamp_min(1).float()
+        self.shares = {}
+
+    def attention_rows(self, ctx: PrefillContext, view: LayerView) -> torch.Tensor:
+        rows = torch.zeros_like(view.valid)
+        for kind in ctx.scratch["kinds"].values():
+            rows |= kind
+        return rows & view.valid  # nothing is pruned: slots are prompt positions
+
+    def select(self, ctx: PrefillContext, view: LayerView) -> Selection:
+        probs = view.attention[:, 0]  # [b, r, n] head mean
+        visual = (view.visual & view.valid).unsqueeze(1).float()
+        evidence = ctx.scratch["evidence"].unsqueeze(1).float()
+        share = (probs * evidence).sum(-1) / (probs * visual).sum(-1).clamp_min(1e-12)  # [b, r]
+        self.shares[view.layer] = {}
+        for name, kind in ctx.scratch["kinds"].items():
+            member = kind.gather(1, view.rows) & view.rows_valid  # [b, r]
+            count = member.sum(-1)
+            mean = (share * member).sum(-1) / count.clamp_min(1)
+            self.shares[view.layer][name] = torch.where(count > 0, mean, torch.nan)
+        return Selection(keep=view.visual & view.valid)
+
+
 def evidence_attention(
     evaluator: Any,
     batches: Iterable[Mapping[str, Any]],
@@ -60,70 +120,33 @@ def evidence_attention(
 ) -> dict[str, Any]:
     """Per layer, the mean share of each row kind's visual attention that lands on evidence tokens.
 
-    ``evaluator`` is a :class:`svlm.module.VLMEvaluator` loaded with ``attn_implementation="eager"``; the
-    batches come from the svlm-scenes benchmark (their images must be noted in this process).
-    ``keyword_ends`` (sample id -> the svlm-scenes row's ``keyword_end``: where, in the question, the words
-    naming the asked object end) adds the key word's row; a row kind no sample has is ``None``.
+    ``evaluator`` is a :class:`svlm.module.VLMEvaluator` (any attention implementation); the batches come
+    from the svlm-scenes benchmark (their images must be noted in this process). ``keyword_ends`` (sample
+    id -> the svlm-scenes row's ``keyword_end``: where, in the question, the words naming the asked object
+    end) adds the key word's row; a row kind no sample has is ``None``. The last layer is not measured: no
+    method prunes after it.
     """
-    if evaluator.attn_implementation != "eager":
-        raise ValueError(
-            f"evidence attention reads attention maps, which only attn_implementation='eager' returns; "
-            f"got {evaluator.attn_implementation!r}"
-        )
     evaluator.configure_model()
-    vlm = evaluator.vlm
-    adapter = adapter_for(vlm)
-    num_layers = adapter.info().num_layers
-    totals = {row: torch.zeros(num_layers, dtype=torch.float64) for row in ROWS}
+    tokenizer = getattr(evaluator.processor, "tokenizer", evaluator.processor)
+    probe = EvidenceProbe()
+    model = sparsify(evaluator.vlm, probe)
+    totals: dict[int, dict[str, float]] = {}
     counts = dict.fromkeys(ROWS, 0)
     uniform_total, samples = 0.0, 0
-    tokenizer = getattr(evaluator.processor, "tokenizer", evaluator.processor)
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep_embeds(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        seen["embeds"] = kwargs["inputs_embeds"]
-
-    hook = adapter.language_model.register_forward_pre_hook(keep_embeds, with_kwargs=True)
-    try:
-        for batch in batches:
-            inputs = evaluator.tokenize(batch)
-            with torch.no_grad():
-                out = vlm(**inputs, output_attentions=True)
-            if not out.attentions or out.attentions[0] is None:
-                raise RuntimeError("the model returned no attention maps; load it with eager attention")
-            pixel_values = inputs.get("pixel_values")
-            if (
-                pixel_values is None
-                or pixel_values.ndim != 4
-                or len(pixel_values) != len(inputs["input_ids"])
-            ):
-                raise ValueError(
-                    "evidence attention needs one image per sample as pixel_values [batch, 3, H, W] "
-                    f"(LLaVA-1.5-style models); {type(vlm).__name__} gives "
-                    f"{None if pixel_values is None else tuple(pixel_values.shape)}"
-                )
-            valid = inputs["attention_mask"].bool()
-            visual = adapter.visual_mask(inputs["input_ids"]) & valid
-            keywords = _keyword_positions(evaluator, tokenizer, batch, inputs, keyword_ends)
-            raters, _ = select_raters(seen["embeds"], visual, valid)
-            # [layers, batch, n, n]: head-mean attention, as the methods score
-            maps = torch.stack([a.float().mean(1) for a in out.attentions])
-            for b in range(maps.shape[1]):
-                vis = visual[b].nonzero().flatten()
-                evidence = _evidence_mask(pixel_values[b], len(vis)).to(vis.device)
-                to_visual = maps[:, b][:, :, vis]  # [layers, n, n_visual]
-                share = to_visual[..., evidence].sum(-1) / to_visual.sum(-1).clamp_min(1e-12)  # [layers, n]
-                last = int(valid[b].nonzero().max())
-                rows = {"last_token": share[:, last], "raters": share[:, raters[b]].mean(-1)}
-                if keywords[b] is not None:
-                    rows["keyword"] = share[:, keywords[b]]
-                for kind, values in rows.items():
-                    totals[kind] += values.double().cpu()
-                    counts[kind] += 1
-                uniform_total += float(evidence.float().mean())
-                samples += 1
-    finally:
-        hook.remove()
+    for batch in batches:
+        inputs = evaluator.tokenize(batch)
+        keywords = _keyword_positions(evaluator, tokenizer, batch, inputs, keyword_ends)
+        probe.keywords = torch.tensor([-1 if k is None else k for k in keywords])
+        with torch.no_grad():
+            model(**inputs)
+        for layer, kinds in probe.shares.items():
+            for kind, values in kinds.items():
+                found = ~values.isnan()
+                totals.setdefault(layer, dict.fromkeys(ROWS, 0.0))[kind] += float(values[found].sum())
+                if layer == 0:
+                    counts[kind] += int(found.sum())
+        uniform_total += float(probe.uniform.sum())
+        samples += len(batch["ids"])
     if samples == 0:
         raise ValueError("no samples: nothing to measure")
     return {
@@ -131,11 +154,8 @@ def evidence_attention(
         "uniform": uniform_total / samples,
         "rows_measured": counts,  # samples each row kind was found in
         "layers": [
-            {
-                "layer": layer,
-                **{row: float(totals[row][layer]) / counts[row] if counts[row] else None for row in ROWS},
-            }
-            for layer in range(num_layers)
+            {"layer": layer, **{k: v / counts[k] if counts[k] else None for k, v in totals[layer].items()}}
+            for layer in sorted(totals)
         ],
     }
 
@@ -222,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--limit and --batch-size must be >= 1; got {args.limit} and {args.batch_size}")
     result = {"model": args.model, "benchmark": "scenes", "split": args.split}
     try:
-        evaluator = VLMEvaluator(model=args.model, dtype=args.dtype, attn_implementation="eager")
+        evaluator = VLMEvaluator(model=args.model, dtype=args.dtype)
         data = VLMDataModule(
             benchmark="scenes", split=args.split, limit=args.limit, batch_size=args.batch_size
         )
