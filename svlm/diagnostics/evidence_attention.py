@@ -83,7 +83,11 @@ class EvidenceProbe(Strategy):
             evidence[b, visual[b]] = mask
         slots = torch.arange(visual.shape[1], device=visual.device)
         raters, _ = select_raters(ctx.inputs_embeds, ctx.visual, ctx.valid)
-        keywords = self.keywords if self.keywords is not None else torch.full((ctx.batch_size,), -1)
+        keywords = (
+            self.keywords
+            if self.keywords is not None
+            else torch.full((ctx.batch_size,), -1, device=visual.device)
+        )
         ctx.scratch["kinds"] = {
             "last_token": slots == torch.where(ctx.valid, slots, -1).amax(-1, keepdim=True),
             "raters": raters,
